@@ -1,0 +1,236 @@
+"""Cases: frozen, printable descriptions of one attention input, and how to build the tensors.
+
+Everything random in a case comes from its ``seed``, so a failure can be rebuilt from the case
+alone (its ``repr`` is valid Python). Cases are drawn by the strategies in
+:mod:`harness.strategies` and fitted to an implementation's capabilities by
+:meth:`Case.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from harness import masks as M
+from harness.reference import attention_naive, attention_reference
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+# Dense mask shapes SDPA broadcasts, and the policy dependencies each can carry.
+MASK_SHAPES = {
+    "LS": frozenset({"q"}),
+    "B11S": frozenset({"b"}),
+    "B1LS": frozenset({"b", "q"}),
+    "BHLS": frozenset({"b", "h", "q"}),
+    "1H1S": frozenset({"h"}),
+    "1HLS": frozenset({"h", "q"}),
+}
+MASK_KINDS = ("none", "bool", "float", "is_causal")
+
+
+@dataclass(frozen=True)
+class Case:
+    B: int = 1
+    H: int = 1
+    Hkv: int = 1
+    L: int = 4
+    S: int = 4
+    E: int = 16
+    Ev: int = 16
+    dtype: str = "float32"
+    device: str = "cpu"
+    policy: str = "full()"  # a harness.masks spec: which (query, key) pairs are visible
+    mask: str = "none"  # how the policy reaches the kernel: none | bool | float | is_causal
+    mask_shape: str = "BHLS"
+    alibi: bool = False  # add per-head ALiBi distance slopes to a float mask
+    scale: Optional[float] = None
+    magnitude: float = 1.0  # typical |logit|
+    alignment: str = "top_left"  # how is_causal is aligned (the implementation's declaration)
+    seed: int = 0
+
+    def __repr__(self) -> str:
+        # Only the fields that differ from the defaults, strings in double quotes: the repr goes
+        # into shell reproduction commands inside single quotes.
+        parts = []
+        for f in dataclasses.fields(self):
+            val = getattr(self, f.name)
+            if f.name in ("B", "H", "Hkv", "L", "S", "E", "Ev", "dtype", "seed") or val != f.default:
+                parts.append(f"{f.name}={json.dumps(val) if isinstance(val, str) else repr(val)}")
+        return f"Case({', '.join(parts)})"
+
+    # --- derived -------------------------------------------------------------------------
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def enable_gqa(self) -> bool:
+        return self.H != self.Hkv
+
+    def replace(self, **kw) -> "Case":
+        return dataclasses.replace(self, **kw)
+
+    def short(self) -> str:
+        m = "no mask" if self.mask == "none" else (
+            "is_causal" if self.mask == "is_causal" else f"{self.mask} mask {self.mask_shape}")
+        extra = []
+        if self.alibi:
+            extra.append("ALiBi")
+        if self.scale is not None:
+            extra.append(f"scale={self.scale:g}")
+        if self.enable_gqa:
+            extra.append(f"GQA {self.H}/{self.Hkv}")
+        if self.magnitude != 1.0:
+            extra.append(f"|logit|~{self.magnitude:g}")
+        return (f"B={self.B} H={self.H} L={self.L} S={self.S} E={self.E} Ev={self.Ev} {self.dtype} "
+                f"{self.policy} via {m}" + (" " + " ".join(extra) if extra else "") + f" seed={self.seed}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # --- tensors -------------------------------------------------------------------------
+    def visible(self) -> torch.Tensor:
+        """The truth: which keys each (b, h, query) may read, (B, H, L, S) bool."""
+        pol = M.from_spec(self.policy)
+        if self.mask == "is_causal":
+            pol = M.causal(0 if self.alignment == "top_left" else self.S - self.L)
+        return M.render(pol, self.B, self.H, self.L, self.S, device=self.device)
+
+    def materialize(self) -> "Inputs":
+        g = torch.Generator().manual_seed(self.seed)
+        dt = self.torch_dtype
+        q = torch.randn(self.B, self.H, self.L, self.E, generator=g)
+        k = torch.randn(self.B, self.Hkv, self.S, self.E, generator=g)
+        v = torch.randn(self.B, self.Hkv, self.S, self.Ev, generator=g)
+        # Logits ~ magnitude: q.k has spread sqrt(E); the softmax scale divides that back out.
+        sc = self.scale if self.scale is not None else 1.0 / math.sqrt(self.E)
+        q = q * (self.magnitude / (sc * math.sqrt(self.E)))
+        visible = self.visible()
+        mask = self._mask_tensor(visible, dt)
+        dev = self.device
+        return Inputs(self, q.to(dt).to(dev), k.to(dt).to(dev), v.to(dt).to(dev), mask,
+                      self.mask == "is_causal", self.scale, self.enable_gqa, visible)
+
+    def _mask_tensor(self, visible: torch.Tensor, dt) -> Optional[torch.Tensor]:
+        if self.mask in ("none", "is_causal"):
+            return None
+        sl = {"LS": (0, 0), "B11S": (slice(None), slice(0, 1), slice(0, 1)),
+              "B1LS": (slice(None), slice(0, 1)), "BHLS": (), "1H1S": (slice(0, 1), slice(None), slice(0, 1)),
+              "1HLS": (slice(0, 1),)}[self.mask_shape]
+        m = visible[sl] if sl else visible
+        if self.mask == "bool":
+            return m.contiguous()
+        f = torch.zeros(m.shape, dtype=dt, device=visible.device).masked_fill(~m, float("-inf"))
+        if self.alibi:
+            slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / self.H) for h in range(self.H)])
+            dist = (torch.arange(self.L).view(-1, 1) - torch.arange(self.S).view(1, -1)).abs()
+            bias = (-slopes.view(self.H, 1, 1) * dist).to(dt).to(visible.device)
+            f = f + bias  # shapes 1HLS / BHLS carry both head and query
+        return f.contiguous()
+
+    # --- fitting to an implementation ----------------------------------------------------
+    def fit(self, caps, dtype: str, device: str) -> Optional["Case"]:
+        """This case moved inside ``caps`` (dtype, device, GQA, head dims, mask kind, causal
+        alignment), or None when it cannot be expressed there."""
+        c = self.replace(dtype=dtype, device=device)
+        n = M.from_spec(c.policy).length
+        if n is not None and (c.L, c.S) != (n, n):
+            raise ValueError(f"{c.policy} describes {n} tokens but the case has L={c.L}, S={c.S}")
+        if c.enable_gqa and not caps.gqa:
+            c = c.replace(Hkv=c.H)
+        if not caps.head_dim_ok(c.E):
+            allowed = sorted(caps.head_dims or [e for e in (8, 16, 32, 64, 128) if caps.head_dim_ok(e)])
+            if not allowed:
+                return None
+            c = c.replace(E=min(allowed, key=lambda e: abs(e - c.E)))
+        if c.Ev != c.E and (not caps.value_dim_differs or not caps.head_dim_ok(c.Ev)):
+            c = c.replace(Ev=c.E)
+        if caps.max_seq_len is not None and max(c.L, c.S) > caps.max_seq_len:
+            return None
+        if c.mask == "is_causal":
+            if caps.causal is None:
+                return None
+            c = c.replace(alignment=caps.causal)
+        elif c.mask != "none" and c.mask not in caps.mask_kinds:
+            other = [k for k in ("bool", "float") if k in caps.mask_kinds]
+            if other:
+                c = c.replace(mask=other[0], alibi=False)
+            elif c.policy == "causal()" and caps.causal == "top_left":
+                c = c.replace(mask="is_causal", alignment="top_left")
+            elif c.policy == "causal()" and caps.causal == "bottom_right" and c.L == c.S:
+                c = c.replace(mask="is_causal", alignment="bottom_right")
+            else:
+                return None
+        if c.mask == "none" and c.policy != "full()":
+            return None
+        if caps.fully_masked_rows is None and not bool(c.visible().any(-1).all()):
+            return None
+        return c
+
+
+@dataclass
+class Inputs:
+    """The tensors of one case, and the truth about which keys each row may read."""
+
+    case: Case
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    attn_mask: Optional[torch.Tensor]
+    is_causal: bool
+    scale: Optional[float]
+    enable_gqa: bool
+    visible: torch.Tensor  # (B, H, L, S) bool
+
+    def replace(self, **kw) -> "Inputs":
+        return dataclasses.replace(self, **kw)
+
+    def kwargs(self) -> dict:
+        return dict(attn_mask=self.attn_mask, is_causal=self.is_causal, scale=self.scale,
+                    enable_gqa=self.enable_gqa)
+
+    def reference(self, **kw) -> torch.Tensor:
+        return attention_reference(self.q, self.k, self.v, causal_alignment=self.case.alignment,
+                                   **{**self.kwargs(), **kw})
+
+    def logit_absmax(self, chunk: int = 1024) -> torch.Tensor:
+        """(B, H, L) largest |scaled logit + float mask| over each row's visible keys."""
+        from harness.reference import _expand_mask, _gqa_expand
+
+        q = self.q.detach().double()
+        k = _gqa_expand(self.k.detach().double(), q.shape[1], True)
+        B, H, L, E = q.shape
+        S = k.shape[-2]
+        sc = (1.0 / math.sqrt(E)) if self.scale is None else float(self.scale)
+        fm = self.attn_mask if self.attn_mask is not None and self.attn_mask.dtype != torch.bool else None
+        fm = _expand_mask(fm, B, H, L, S)
+        out = torch.zeros(B, H, L, dtype=torch.float64, device=q.device)
+        for s0 in range(0, S, chunk):
+            s1 = min(S, s0 + chunk)
+            lg = torch.matmul(q, k[:, :, s0:s1].transpose(-1, -2)) * sc
+            if fm is not None:
+                lg = lg + fm[..., s0:s1].double()
+            lg = torch.where(self.visible[..., s0:s1].to(lg.device) & torch.isfinite(lg), lg.abs(), torch.zeros_like(lg))
+            out = torch.maximum(out, lg.amax(-1))
+        return out
+
+    def baseline(self) -> torch.Tensor:
+        return attention_naive(self.q, self.k, self.v, causal_alignment=self.case.alignment, **self.kwargs())
+
+    @property
+    def has_visible(self) -> torch.Tensor:
+        """(B, H, L) rows with at least one visible key."""
+        return self.visible.any(dim=-1)
+
+    def kv_visible(self) -> torch.Tensor:
+        """(B, Hkv, L... ) no: per kv head, which keys some query head of its group may read,
+        (B, Hkv, L, S) after folding the query heads that share a kv head."""
+        B, H, L, S = self.visible.shape
+        Hkv = self.case.Hkv
+        return self.visible.view(B, Hkv, H // Hkv, L, S).any(dim=2)

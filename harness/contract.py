@@ -1,0 +1,229 @@
+"""The implementation contract: what the harness may call, and what it may ask of it.
+
+Every implementation is seen by the harness as a callable with exactly torch SDPA's signature
+and semantics::
+
+    fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+       enable_gqa=False)
+
+plus a :class:`Capabilities` record that says which cases may be generated for it. Kernels with
+other conventions are wrapped in an adapter (see :class:`Adapter`) that translates the call and
+declares what it supports; cases outside the declaration are reported ``unsupported``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+ALL_DTYPES = ("float32", "bfloat16", "float16")
+ALL_MASK_KINDS = ("none", "bool", "float")
+
+
+class LoadError(Exception):
+    """A spec string could not be turned into an implementation (CLI exit status 2)."""
+
+
+class Unsupported(NotImplementedError):
+    """Raised by the harness (or an implementation) for a case outside the declared contract."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an implementation declares it can do. The generators only draw cases inside it.
+
+    ``causal`` is the alignment of ``is_causal=True`` when L != S: ``"top_left"`` (torch SDPA,
+    ``tril``) or ``"bottom_right"`` (FlashAttention >= 2.1), or ``None`` when ``is_causal`` is not
+    supported at all. ``fully_masked_rows`` is the declared output for a query row with no visible
+    key: ``"zero"`` (the reference's definition), ``"uniform"`` (finfo.min additive masking) or
+    ``None`` (undefined: such rows are never generated except by the fingerprint, which only
+    reports what it sees).
+    """
+
+    devices: tuple = ("cpu", "cuda")
+    dtypes: tuple = ALL_DTYPES
+    head_dims: Optional[tuple] = None  # None: any head dim up to max_head_dim
+    max_head_dim: Optional[int] = None
+    value_dim_differs: bool = True  # Ev != E allowed
+    mask_kinds: tuple = ALL_MASK_KINDS
+    causal: Optional[str] = "top_left"
+    gqa: bool = True
+    autograd: bool = True
+    max_seq_len: Optional[int] = None
+    fully_masked_rows: Optional[str] = "zero"
+    deterministic: bool = True
+
+    def __post_init__(self):
+        if self.causal not in (None, "top_left", "bottom_right"):
+            raise ValueError(f"causal must be 'top_left', 'bottom_right' or None, not {self.causal!r}")
+        bad = set(self.dtypes) - set(ALL_DTYPES)
+        if bad:
+            raise ValueError(f"unknown dtypes {sorted(bad)}; known: {ALL_DTYPES}")
+        bad = set(self.mask_kinds) - set(ALL_MASK_KINDS)
+        if bad:
+            raise ValueError(f"unknown mask kinds {sorted(bad)}; known: {ALL_MASK_KINDS}")
+
+    def replace(self, **kw) -> "Capabilities":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def head_dim_ok(self, e: int) -> bool:
+        if self.head_dims is not None and e not in self.head_dims:
+            return False
+        return self.max_head_dim is None or e <= self.max_head_dim
+
+    def why_not(self, *, device=None, dtype=None, mask_kind=None, is_causal=False, gqa=False,
+                autograd=False, seq_len=None, head_dim=None, value_dim_differs=False,
+                fully_masked_rows=False) -> Optional[str]:
+        """The reason a case is outside this contract, or None when it is inside."""
+        if device is not None and device not in self.devices:
+            return f"device {device} not in {list(self.devices)}"
+        if dtype is not None and dtype not in self.dtypes:
+            return f"dtype {dtype} not in {list(self.dtypes)}"
+        if mask_kind is not None and mask_kind not in self.mask_kinds:
+            return f"{mask_kind} masks not supported"
+        if is_causal and self.causal is None:
+            return "is_causal not supported"
+        if gqa and not self.gqa:
+            return "GQA not supported"
+        if autograd and not self.autograd:
+            return "no autograd support declared"
+        if seq_len is not None and self.max_seq_len is not None and seq_len > self.max_seq_len:
+            return f"sequence length {seq_len} > max {self.max_seq_len}"
+        if head_dim is not None and not self.head_dim_ok(head_dim):
+            return f"head dim {head_dim} not supported"
+        if value_dim_differs and not self.value_dim_differs:
+            return "Ev != E not supported"
+        if fully_masked_rows and self.fully_masked_rows is None:
+            return "fully masked rows are undefined for this implementation"
+        return None
+
+
+def capabilities(**kw) -> Callable:
+    """Decorator declaring a plain callable's capabilities::
+
+        @harness.capabilities(dtypes=("float32",), autograd=False)
+        def my_attention(query, key, value, attn_mask=None, ...): ...
+    """
+
+    caps = Capabilities(**kw)
+
+    def deco(fn):
+        fn.__harness_capabilities__ = caps
+        return fn
+
+    return deco
+
+
+class Adapter:
+    """Base class for kernels with other conventions.
+
+    Subclasses set ``capabilities`` and implement ``__call__`` with the SDPA signature, translating
+    layouts, causal alignment, masks or varlen inputs into the kernel's own call. Raise
+    ``NotImplementedError`` for anything the kernel cannot express: the harness records the case
+    as ``unsupported``.
+    """
+
+    capabilities: Capabilities = Capabilities()
+    name: Optional[str] = None
+
+    def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                 scale=None, enable_gqa=False):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class Implementation:
+    name: str
+    spec: str
+    fn: Callable
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    description: str = ""
+
+    def __call__(self, query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+        # The harness always calls with keywords and dropout_p=0.0: the contract is SDPA's.
+        return self.fn(query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal,
+                       scale=scale, enable_gqa=enable_gqa)
+
+
+def _from_object(obj: Any, spec: str, name: str) -> Implementation:
+    if inspect.isclass(obj) and issubclass(obj, Adapter):
+        try:
+            obj = obj()
+        except Exception as e:  # an adapter that cannot start is a load error, not a test failure
+            raise LoadError(f"{spec}: could not construct adapter {obj.__name__}: {e}") from None
+    if isinstance(obj, Implementation):
+        return obj
+    if not callable(obj):
+        raise LoadError(f"{spec}: {name} is not callable (got {type(obj).__name__})")
+    caps = getattr(obj, "capabilities", None)
+    if not isinstance(caps, Capabilities):
+        caps = getattr(obj, "__harness_capabilities__", None)
+    if not isinstance(caps, Capabilities):
+        caps = Capabilities()
+    nm = getattr(obj, "name", None) if isinstance(obj, Adapter) else None
+    return Implementation(name=nm or name, spec=spec, fn=obj, capabilities=caps,
+                          description=(inspect.getdoc(obj) or "").split("\n")[0])
+
+
+def _load_file(path: str, attr: str, spec: str) -> Implementation:
+    if not os.path.isfile(path):
+        raise LoadError(f"{spec}: file not found: {path}")
+    modname = "harness_user_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    mod_spec = importlib.util.spec_from_file_location(modname, os.path.abspath(path))
+    if mod_spec is None or mod_spec.loader is None:
+        raise LoadError(f"{spec}: cannot import {path} (not a Python file?)")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[modname] = module
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:
+        raise LoadError(f"{spec}: importing {path} failed: {type(e).__name__}: {e}") from None
+    if not hasattr(module, attr):
+        raise LoadError(f"{spec}: {path} has no attribute {attr!r}")
+    return _from_object(getattr(module, attr), spec, attr)
+
+
+def _load_module(modname: str, attr: str, spec: str) -> Implementation:
+    try:
+        module = importlib.import_module(modname)
+    except Exception as e:
+        raise LoadError(f"{spec}: cannot import module {modname!r}: {type(e).__name__}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LoadError(f"{spec}: module {modname!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return _from_object(obj, spec, attr)
+
+
+def load(spec: str) -> Implementation:
+    """Turn a spec string into an :class:`Implementation`.
+
+    ``name`` (a built-in, see :func:`harness.builtins.available`), ``path/to/file.py:function``,
+    or ``package.module:function``. Raises :class:`LoadError` with a one-line reason.
+    """
+    from harness import builtins
+
+    spec = spec.strip()
+    if not spec:
+        raise LoadError("empty implementation spec")
+    if ":" not in spec:
+        if spec in builtins.BUILTINS:
+            return builtins.get(spec)
+        raise LoadError(f"{spec}: unknown built-in (known: {', '.join(builtins.BUILTINS)}); "
+                        "use path/to/file.py:function or package.module:function")
+    target, attr = spec.rsplit(":", 1)
+    if not attr:
+        raise LoadError(f"{spec}: missing function name after ':'")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        return _load_file(target, attr, spec)
+    return _load_module(target, attr, spec)

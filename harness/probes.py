@@ -1,0 +1,230 @@
+"""Black-box instruments: run a kernel under the contract, extract its effective weights with
+one-hot values, perturb exactly what must not matter, and take gradients where they must be zero.
+
+Properties stay short because the probes do the work. Every probe raises
+:class:`PropertyViolation` (an ``AssertionError``) with the numbers when the contract is broken,
+and turns ``NotImplementedError`` from the kernel into an ``unsupported`` skip.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Optional
+
+import pytest
+import torch
+
+from harness.cases import Inputs
+from harness.contract import Implementation
+
+
+class PropertyViolation(AssertionError):
+    """The implementation broke a property. The message carries the numbers."""
+
+
+class ImplementationError(RuntimeError):
+    """The implementation raised (anything but NotImplementedError) or hung."""
+
+
+CALL_TIMEOUT_S = 30.0
+_hung: set = set()
+
+
+@contextmanager
+def _deadline(seconds: float, name: str):
+    # SIGALRM interrupts Python-level hangs in the main thread; a kernel stuck inside C is caught
+    # by the per-implementation process timeout of `attn-harness check` instead.
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"call did not return within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=...,
+         timeout: Optional[float] = None, allow_unsupported: bool = True) -> torch.Tensor:
+    """Call the implementation on ``inp`` (optionally with replaced tensors) and check the output
+    against the contract: a tensor of shape (B, H, L, Ev), the query's dtype and device."""
+    q = inp.q if q is None else q
+    k = inp.k if k is None else k
+    v = inp.v if v is None else v
+    kw = inp.kwargs()
+    if attn_mask is not ...:
+        kw["attn_mask"] = attn_mask
+    if impl.name in _hung:
+        raise ImplementationError(f"{impl.name} hung on an earlier call; not calling it again")
+    try:
+        with _deadline(CALL_TIMEOUT_S if timeout is None else timeout, impl.name):
+            out = impl(q, k, v, **kw)
+    except NotImplementedError as e:
+        if not allow_unsupported:
+            raise PropertyViolation(f"raised NotImplementedError on a case it must support: {e}") from None
+        pytest.skip(f"unsupported: {impl.name} raised NotImplementedError: {e}")
+    except TimeoutError as e:
+        _hung.add(impl.name)
+        raise ImplementationError(f"{impl.name}: {e}") from None
+    except PropertyViolation:
+        raise
+    except Exception as e:
+        raise ImplementationError(f"{impl.name} raised {type(e).__name__}: {e}") from e
+    B, H, L, _ = q.shape
+    want = (B, H, L, v.shape[-1])
+    if not isinstance(out, torch.Tensor):
+        raise PropertyViolation(f"returned {type(out).__name__}, not a torch.Tensor")
+    if tuple(out.shape) != want:
+        raise PropertyViolation(f"output shape {tuple(out.shape)}, expected {want} (B, H, L, Ev)")
+    if out.dtype != q.dtype:
+        raise PropertyViolation(f"output dtype {out.dtype}, expected the query's {q.dtype}")
+    if out.device != q.device:
+        raise PropertyViolation(f"output on {out.device}, expected the query's {q.device}")
+    return out
+
+
+def effective_weights(impl: Implementation, inp: Inputs) -> torch.Tensor:
+    """The weights the kernel actually applied, (B, H, L, S) in float64, read off by feeding
+    one-hot values: with V = identity columns, output column c is the weight of key c. Works on
+    any black box; chunks of Ev keys per call."""
+    B, Hkv, S, Ev = inp.v.shape
+    cols = []
+    for s0 in range(0, S, Ev):
+        n = min(Ev, S - s0)
+        v = torch.zeros(B, Hkv, S, Ev, dtype=inp.v.dtype, device=inp.v.device)
+        idx = torch.arange(n, device=v.device)
+        v[:, :, s0 + idx, idx] = 1
+        with torch.no_grad():
+            out = call(impl, inp, v=v)
+        cols.append(out[..., :n].to(torch.float64))
+    return torch.cat(cols, dim=-1)
+
+
+def blocked_rows(inp: Inputs, keys: torch.Tensor) -> torch.Tensor:
+    """(B, H, L) rows that may read none of the keys in ``keys`` ((B, Hkv, S) or (S,) bool):
+    whatever is stored at those keys must not reach these rows."""
+    B, H, L, S = inp.visible.shape
+    Hkv = inp.case.Hkv
+    kk = keys.expand(B, Hkv, S) if keys.dim() == 1 else keys
+    kk = kk.repeat_interleave(H // Hkv, dim=1)  # query head h reads kv head h // (H // Hkv)
+    return ~(inp.visible & kk.unsqueeze(2)).any(dim=-1)
+
+
+def perturb_keys(inp: Inputs, keys: torch.Tensor, how: str, seed: int = 0):
+    """New (k, v) with the selected key slots ((B, Hkv, S) bool) overwritten: ``random``,
+    ``huge`` (large but finite in the dtype), ``adversarial`` (keys aligned with the queries so
+    their logits dominate, values far from the rest), ``nan`` or ``inf``."""
+    g = torch.Generator().manual_seed(seed)
+    k, v = inp.k.clone(), inp.v.clone()
+    sel = keys if keys.dim() == 3 else keys.expand(k.shape[0], k.shape[1], k.shape[2])
+    dt = k.dtype
+    if how == "random":
+        nk = torch.randn(k.shape, generator=g).to(dt)
+        nv = torch.randn(v.shape, generator=g).to(dt) * 3
+    elif how == "huge":
+        big = 30.0 if dt in (torch.float16, torch.bfloat16) else 1e4
+        nk = (torch.randn(k.shape, generator=g) * big).to(dt)
+        nv = (torch.randn(v.shape, generator=g) * big).to(dt)
+    elif how == "adversarial":
+        qmean = inp.q.float().mean(dim=2, keepdim=True)  # (B, H, 1, E)
+        B, H = qmean.shape[:2]
+        qk = qmean.view(B, inp.case.Hkv, H // inp.case.Hkv, 1, -1).mean(2)
+        big = 8.0 if dt in (torch.float16, torch.bfloat16) else 50.0
+        nk = (qk / (qk.norm(dim=-1, keepdim=True) + 1e-6) * big).expand(k.shape).to(dt)
+        nv = torch.full(v.shape, 100.0 if dt != torch.float16 else 50.0).to(dt)
+    elif how in ("nan", "inf"):
+        val = float("nan") if how == "nan" else float("inf")
+        nk = torch.full(k.shape, val).to(dt)
+        nv = torch.full(v.shape, val).to(dt)
+    else:
+        raise ValueError(how)
+    k = torch.where(sel.unsqueeze(-1).to(k.device), nk.to(k.device), k)
+    v = torch.where(sel.unsqueeze(-1).to(v.device), nv.to(v.device), v)
+    return k, v
+
+
+def assert_rows_unchanged(before: torch.Tensor, after: torch.Tensor, rows: torch.Tensor, what: str):
+    """Bitwise equality on the selected (B, H, L) rows; NaN == NaN counts as unchanged."""
+    a, b = before.detach(), after.detach()
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    bad = rows & ~same.all(dim=-1)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        b_, h_, i_ = (int(x) for x in bad.nonzero()[0])
+        delta = float((a[b_, h_, i_].double() - b[b_, h_, i_].double()).abs().nan_to_num(float("inf")).max())
+        raise PropertyViolation(
+            f"{what}: {n} of {int(rows.sum())} rows that must not depend on it changed; first at "
+            f"(b={b_}, h={h_}, row={i_}), max change {delta:.3g}")
+
+
+def grads(impl: Implementation, inp: Inputs, cotangent: torch.Tensor):
+    """(dq, dk, dv) of <out, cotangent> through the implementation."""
+    q = inp.q.detach().clone().requires_grad_(True)
+    k = inp.k.detach().clone().requires_grad_(True)
+    v = inp.v.detach().clone().requires_grad_(True)
+    out = call(impl, inp, q=q, k=k, v=v)
+    if not out.requires_grad:
+        raise PropertyViolation("output does not require grad although autograd is declared")
+    try:
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), cotangent.to(out.dtype), allow_unused=True)
+    except NotImplementedError as e:
+        pytest.skip(f"unsupported: backward raised NotImplementedError: {e}")
+    except Exception as e:
+        raise ImplementationError(f"{impl.name} backward raised {type(e).__name__}: {e}") from e
+    zeros = torch.zeros_like
+    return (dq if dq is not None else zeros(q), dk if dk is not None else zeros(k),
+            dv if dv is not None else zeros(v))
+
+
+def reference_grads(inp: Inputs, cotangent: torch.Tensor, same_dtype: bool = False):
+    """(dq, dk, dv) from float64 autograd through the reference formula, or through the plain
+    same-dtype computation (the baseline)."""
+    from harness.reference import attention_naive
+
+    dt = inp.q.dtype if same_dtype else torch.float64
+    q = inp.q.detach().to(dt).requires_grad_(True)
+    k = inp.k.detach().to(dt).requires_grad_(True)
+    v = inp.v.detach().to(dt).requires_grad_(True)
+    mask = inp.attn_mask
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(dt)
+    out = attention_naive(q, k, v, attn_mask=mask, is_causal=inp.is_causal, scale=inp.scale,
+                          enable_gqa=inp.enable_gqa, causal_alignment=inp.case.alignment)
+    return torch.autograd.grad(out, (q, k, v), cotangent.to(dt))
+
+
+def assert_zero(t: torch.Tensor, where: torch.Tensor, what: str):
+    """Exactly zero at ``where`` (broadcast over the last dim)."""
+    vals = t.detach()[where]
+    if vals.numel() and bool((vals != 0).any()):
+        nz = int((vals != 0).any(dim=-1).sum())
+        raise PropertyViolation(f"{what}: {nz} of {int(where.sum())} positions that must have zero "
+                                f"gradient do not (max |grad| {float(vals.abs().nan_to_num(float('inf')).max()):.3g})")
+
+
+def judge(target, out: torch.Tensor, inp: Inputs, what: str = "output", ref: Optional[torch.Tensor] = None,
+          baseline: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None):
+    """Hold ``out`` to the dtype-aware bound against the float64 reference, per row; record the
+    worst ratio on the target; raise PropertyViolation with the numbers when over."""
+    from harness.tolerance import compare
+
+    ref = inp.reference() if ref is None else ref
+    baseline = inp.baseline() if baseline is None else baseline
+    if rows is None:
+        rows = torch.ones(out.shape[:-1], dtype=torch.bool, device=out.device)
+        if target.caps.fully_masked_rows != "zero":
+            rows = inp.has_visible.to(out.device)  # declared (or undefined) behaviour elsewhere
+    cmp = compare(out, ref.to(out.device), baseline.to(out.device), inp.q.dtype, target.forward_factor,
+                  rows=rows, logit_absmax=inp.logit_absmax().to(out.device))
+    target.record(cmp)
+    if not cmp.ok:
+        raise PropertyViolation(cmp.describe(what))
+    return cmp

@@ -1,0 +1,344 @@
+"""pytest plugin (entry point ``pytest11: attention_harness``): runs the shipped property suites
+against any implementation.
+
+    pytest --pyargs harness.suites --impl mypkg.attn:fn --dtype float32,bfloat16
+
+Options are registered here so another project's CI gets them just by installing
+attention-harness. ``attn-harness check`` drives the very same tests through this plugin and
+reads the results file it writes (``--harness-results``): nothing is implemented twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+PROFILES = {
+    # hypothesis examples per property (times the per-test weight) and the sizes used.
+    "quick": 6,
+    "default": 16,
+    "thorough": 150,
+}
+TIERS = ("gate", "strict", "info")
+DEFAULT_SEED = 20261127
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("attention-harness", "attention-harness property suites")
+    g.addoption("--impl", action="append", default=[], metavar="SPEC",
+                help="implementation to test: built-in name, path/file.py:fn or package.module:fn "
+                     "(repeatable; default: sdpa)")
+    g.addoption("--dtype", default=None, metavar="LIST",
+                help="comma-separated dtypes (default: float32 on CPU, float32,bfloat16,float16 on CUDA)")
+    g.addoption("--device", default=None, choices=("cpu", "cuda"), help="device (default: cpu)")
+    g.addoption("--profile", default="default", choices=tuple(PROFILES), help="example counts and sizes")
+    g.addoption("--strict-properties", action="store_true", default=False,
+                help="strict-tier properties fail the run (otherwise they are reported only)")
+    g.addoption("--seed", type=int, default=None,
+                help=f"hypothesis seed (default {DEFAULT_SEED}; printed with every failure)")
+    g.addoption("--case", default=None, metavar="REPR",
+                help="replay exactly this Case(...) instead of generating cases (from a report's repro)")
+    g.addoption("--harness-results", default=None, metavar="FILE", help="write per-property results as JSON")
+    g.addoption("--harness-progress", action="store_true", default=False,
+                help="print one machine-readable progress line per property to stderr")
+    g.addoption("--forward-factor", type=float, default=2.0,
+                help="forward error may be this many times the same-dtype PyTorch error (default 2)")
+    g.addoption("--backward-factor", type=float, default=3.0,
+                help="gradient error may be this many times the same-dtype PyTorch error (default 3)")
+    g.addoption("--call-timeout", type=float, default=30.0, help="seconds one kernel call may take")
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+@dataclass
+class HarnessConfig:
+    specs: list
+    dtypes: list
+    device: str
+    profile: str
+    strict: bool
+    seed: int
+    case: Optional[str]
+    forward_factor: float = 2.0
+    backward_factor: float = 3.0
+    impls: dict = field(default_factory=dict)
+
+
+def _config(config) -> HarnessConfig:
+    return config._attention_harness
+
+
+def pytest_configure(config):
+    import hypothesis
+    from hypothesis import HealthCheck, Phase, settings
+
+    from harness import probes, strategies
+    from harness.contract import LoadError, load
+
+    for tier in TIERS:
+        config.addinivalue_line("markers", f"tier_{tier}: property tier")
+    config.addinivalue_line("markers", "tier(name): gate (default), strict or info")
+    device = config.getoption("--device") or "cpu"
+    dtypes = config.getoption("--dtype")
+    dtypes = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else (
+        ["float32"] if device == "cpu" else ["float32", "bfloat16", "float16"])
+    specs = config.getoption("--impl") or ["sdpa"]
+    profile = config.getoption("--profile")
+    seed = config.getoption("--seed")
+    if seed is None:
+        seed = DEFAULT_SEED
+    hc = HarnessConfig(specs, dtypes, device, profile, config.getoption("--strict-properties"), seed,
+                       config.getoption("--case"), config.getoption("--forward-factor"),
+                       config.getoption("--backward-factor"))
+    config._attention_harness = hc
+    strategies.set_profile(profile)
+    probes.CALL_TIMEOUT_S = config.getoption("--call-timeout")
+    # Deterministic: fixed seed, no example database; shrinking stays on so failures are small.
+    n = PROFILES[profile]
+    kw = dict(max_examples=n, deadline=None, database=None, derandomize=False, print_blob=False,
+              suppress_health_check=list(HealthCheck))
+    if hc.case:
+        kw.update(max_examples=1, phases=[Phase.explicit, Phase.generate])
+    settings.register_profile("attention-harness", **kw)
+    settings.load_profile("attention-harness")
+    # The same seed for every test, whichever subset runs: a failure replays from its command.
+    hypothesis.core.global_force_seed = seed
+    config._attention_harness_results = []
+    if config.getoption("--impl"):
+        for spec in hc.specs:
+            try:
+                hc.impls[spec] = load(spec)
+            except LoadError as e:
+                raise pytest.UsageError(str(e))
+
+
+def pytest_report_header(config):
+    hc = _config(config)
+    return (f"attention-harness: impl={','.join(hc.specs)} dtype={','.join(hc.dtypes)} device={hc.device} "
+            f"profile={hc.profile} seed={hc.seed}{' strict' if hc.strict else ''}")
+
+
+def pytest_generate_tests(metafunc):
+    if "target" not in metafunc.fixturenames:
+        return
+    hc = _config(metafunc.config)
+    params = [(s, d) for s in hc.specs for d in hc.dtypes]
+    metafunc.parametrize("target_key", params, ids=[f"{s}-{d}" for s, d in params], scope="function")
+
+
+# --- the object every property receives ------------------------------------------------------
+
+class Target:
+    """The implementation under test in one dtype on one device, as seen by a property."""
+
+    def __init__(self, impl, dtype: str, device: str, replay: Optional[str], item,
+                 forward_factor: float = 2.0, backward_factor: float = 3.0):
+        self.impl = impl
+        self.forward_factor = forward_factor
+        self.backward_factor = backward_factor
+        self.dtype = dtype
+        self.device = device
+        self.caps = impl.capabilities
+        self._replay = replay
+        self.item = item
+        self.cases = 0
+        self.last_case = None
+        self.worst: dict = {}
+        self.notes: list = []
+
+    @property
+    def name(self) -> str:
+        return self.impl.name
+
+    def require(self, **needs):
+        """Skip as ``unsupported`` when the declared capabilities exclude what the property needs."""
+        why = self.caps.why_not(**needs)
+        if why:
+            pytest.skip(f"unsupported: {why}")
+
+    def fit(self, case):
+        """The drawn case moved inside this implementation's capabilities (or the case given
+        with ``--case``); cases that cannot be expressed here are rejected."""
+        from hypothesis import assume
+        from harness.cases import Case
+
+        if self._replay:
+            case = eval(self._replay, {"Case": Case})  # noqa: S307 - the user's own repro string
+        fitted = case.fit(self.caps, self.dtype, self.device)
+        assume(fitted is not None)
+        self.cases += 1
+        self.last_case = fitted
+        return fitted
+
+    def record(self, comparison=None, **numbers):
+        """Keep the worst comparison seen across the examples, for the report."""
+        if comparison is not None:
+            d = comparison.to_dict()
+            r = d["ratio"] if isinstance(d["ratio"], float) else float("inf")
+            cur = self.worst.get("ratio", -1.0)
+            cur = cur if isinstance(cur, float) else float("inf")
+            if r >= cur:
+                self.worst = {**d, **numbers, "case": self.last_case.short() if self.last_case else None}
+        elif numbers:
+            self.worst = {**self.worst, **numbers}
+
+
+@pytest.fixture
+def target(request, target_key):
+    hc = _config(request.config)
+    spec, dtype = target_key
+    impl = hc.impls.get(spec)
+    if impl is None:
+        from harness.contract import load
+
+        impl = hc.impls[spec] = load(spec)
+    why = impl.capabilities.why_not(device=hc.device, dtype=dtype)
+    if why:
+        pytest.skip(f"unsupported: {why}")
+    if hc.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("skip: --device cuda but CUDA is not available on this machine")
+    t = Target(impl, dtype, hc.device, hc.case, request.node, hc.forward_factor, hc.backward_factor)
+    request.node._harness_target = t
+    return t
+
+
+# --- results ---------------------------------------------------------------------------------
+
+def _tier(item) -> str:
+    m = item.get_closest_marker("tier")
+    return m.args[0] if m else "gate"
+
+
+def _suite(item) -> str:
+    base = os.path.basename(str(item.fspath))
+    return base[5:-3] if base.startswith("test_") else base[:-3]
+
+
+def _exc_status(excinfo) -> str:
+    from harness.probes import ImplementationError
+
+    exc = excinfo.value
+    excs = list(getattr(exc, "exceptions", [exc]))
+    if any(isinstance(e, ImplementationError) for e in excs):
+        return "error"
+    if all(isinstance(e, AssertionError) for e in excs):
+        return "fail"
+    return "error"
+
+
+def _message(excinfo) -> str:
+    exc = excinfo.value
+    excs = list(getattr(exc, "exceptions", [exc]))
+    lines = []
+    for e in excs:
+        head = str(e).strip() or type(e).__name__
+        if not isinstance(e, AssertionError):
+            head = head if head.startswith(("sdpa", "reference")) or ":" in head else f"{type(e).__name__}: {head}"
+        lines.append(head)
+    return "\n".join(lines)
+
+
+def _repro(item, hc, spec, dtype, case) -> str:
+    cmd = ["attn-harness", "check", "--impl", spec, "--device", hc.device, "--dtype", dtype,
+           "--suite", _suite(item), "--property", item.originalname, "--seed", str(hc.seed)]
+    if case is not None:
+        cmd += ["--case", repr(case)]
+    return shlex.join(cmd)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    t = getattr(item, "_harness_target", None)
+    if not hasattr(item, "callspec") or "target_key" not in getattr(item, "callspec").params:
+        return
+    hc = _config(item.config)
+    spec, dtype = item.callspec.params["target_key"]
+    tier = _tier(item)
+    if rep.when == "setup" and rep.skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        _store(item, hc, spec, dtype, tier, _skip_status(reason), _clean_skip(reason), t, rep)
+        return
+    if rep.when != "call":
+        if rep.failed:
+            _store(item, hc, spec, dtype, tier, "error", str(rep.longrepr)[-2000:], t, rep)
+        return
+    if rep.passed:
+        _store(item, hc, spec, dtype, tier, "pass", "", t, rep)
+    elif rep.skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        _store(item, hc, spec, dtype, tier, _skip_status(reason), _clean_skip(reason), t, rep)
+    else:
+        status = _exc_status(call.excinfo)
+        msg = _message(call.excinfo)
+        _store(item, hc, spec, dtype, tier, status, msg, t, rep)
+        enforced = tier == "gate" or (tier == "strict" and hc.strict)
+        if not enforced:
+            # Reported, never failing: shown by pytest as xfail with the tier as the reason.
+            rep.outcome = "skipped"
+            rep.wasxfail = f"{tier} tier (not enforced{'' if tier == 'info' else '; use --strict-properties'}): {msg.splitlines()[0][:200]}"
+
+
+def _skip_status(reason: str) -> str:
+    return "unsupported" if "unsupported:" in reason else "skip"
+
+
+def _clean_skip(reason: str) -> str:
+    r = reason.split("Skipped: ", 1)[-1]
+    return r.replace("unsupported: ", "", 1).strip()
+
+
+def _store(item, hc, spec, dtype, tier, status, message, t, rep):
+    case = t.last_case if (t is not None and status in ("fail", "error")) else None
+    res = {
+        "suite": _suite(item), "property": item.originalname, "tier": tier, "dtype": dtype,
+        "device": hc.device, "impl": spec, "status": status,
+        "cases": t.cases if t is not None else 0,
+        "worst": (t.worst if t is not None else {}),
+        "message": message,
+        "counterexample": (case.to_dict() if case is not None else None),
+        "counterexample_text": (case.short() if case is not None else None),
+        "repro": _repro(item, hc, spec, dtype, case) if status in ("fail", "error") else "",
+        "seed": hc.seed, "duration_s": round(getattr(rep, "duration", 0.0), 3),
+        "doc": ((item.function.__doc__ or "").strip().split("\n")[0]),
+    }
+    if status in ("fail", "error") and case is not None:
+        res["message"] = f"{message}\ncounterexample: {case.short()}\nseed: {hc.seed}"
+    item.config._attention_harness_results.append(res)
+    if item.config.getoption("--harness-progress"):
+        sys.stderr.write("HARNESS-PROGRESS " + json.dumps({"impl": spec, "suite": res["suite"],
+                                                          "property": res["property"], "dtype": dtype,
+                                                          "status": status}) + "\n")
+        sys.stderr.flush()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    results = getattr(config, "_attention_harness_results", None)
+    if not results:
+        return
+    path = config.getoption("--harness-results")
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        os.replace(tmp, path)
+    bad = [r for r in results if r["status"] in ("fail", "error")]
+    if bad:
+        tr = terminalreporter
+        tr.section("attention-harness: failures and reproduction commands")
+        for r in bad:
+            tr.write_line(f"[{r['status']}] {r['impl']} {r['dtype']} {r['suite']}::{r['property']} ({r['tier']})")
+            tr.write_line("    " + r["message"].replace("\n", "\n    "))
+            if r["repro"]:
+                tr.write_line(f"    reproduce: {r['repro']}")

@@ -1,0 +1,115 @@
+"""Dtype-aware error bounds, after the FlashAttention test rule, evaluated per row.
+
+The implementation's error against the float64 reference may be at most ``factor`` times the
+error of a plain same-dtype PyTorch computation against the same reference. A fixed absolute
+tolerance gets looser as context grows (the output's spread shrinks with length), a ratio does
+not. The comparison is made per (batch, head, query row), so a leak confined to a few rows is not
+hidden by a global maximum; each row's allowance is at least the baseline's mean row error, so
+chance row-to-row differences between equally precise kernels are not failures. A small floor, a few units in the last place of the row's value
+scale, keeps a row that the baseline happens to get exactly right from demanding perfection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+FORWARD_FACTOR = 2.0
+BACKWARD_FACTOR = 3.0
+# Units in the last place (of the dtype, at the row's value magnitude) that any kernel may be
+# off by, whatever the baseline did. Measured on the correct fixtures: see tests/test_tolerance.py.
+FLOOR_ULPS = 4.0
+
+
+def eps(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps)
+
+
+@dataclass
+class Comparison:
+    ok: bool
+    worst_ratio: float  # error / max(baseline error, floor); the bound is ``factor``
+    factor: float
+    worst_index: tuple  # (b, h, row) of the worst row
+    worst_error: float
+    worst_baseline: float
+    max_error: float
+    rows_failed: int
+    rows: int
+    nonfinite: int  # rows with NaN/Inf where the reference is finite
+
+    def describe(self, what: str = "output") -> str:
+        b, h, i = self.worst_index
+        s = (f"{what}: worst row (b={b}, h={h}, row={i}) error {self.worst_error:.3g} = "
+             f"{self.worst_ratio:.3g}x the same-dtype PyTorch error {self.worst_baseline:.3g} "
+             f"(limit {self.factor:g}x); {self.rows_failed}/{self.rows} rows over the bound")
+        if self.nonfinite:
+            s += f"; {self.nonfinite} rows contain NaN/Inf"
+        return s
+
+    def to_dict(self) -> dict:
+        return {"ratio": _finite(self.worst_ratio), "factor": self.factor,
+                "where": dict(zip(("b", "h", "row"), self.worst_index)),
+                "error": _finite(self.worst_error), "baseline_error": _finite(self.worst_baseline),
+                "rows_failed": self.rows_failed, "rows": self.rows, "nonfinite_rows": self.nonfinite}
+
+
+def _finite(x: float):
+    return x if x == x and abs(x) != float("inf") else str(x)
+
+
+def row_errors(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Max absolute error per leading index (all dims but the last), NaN/Inf mapped to inf."""
+    d = (x.detach().to(torch.float64) - ref.to(torch.float64)).abs()
+    d = torch.where(torch.isfinite(d), d, torch.full_like(d, float("inf")))
+    return d.amax(dim=-1) if d.shape[-1] else torch.zeros(d.shape[:-1], dtype=torch.float64)
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype,
+            factor: float = FORWARD_FACTOR, scale: Optional[torch.Tensor] = None,
+            rows: Optional[torch.Tensor] = None, floor_ulps: float = FLOOR_ULPS,
+            logit_absmax=0.0) -> Comparison:
+    """Judge ``out`` (B, H, L, D) against the float64 ``ref`` with the same-dtype ``baseline``.
+
+    ``scale`` (broadcastable to (B, H, L)) is the magnitude the floor is measured at; by default
+    the row's largest reference value, at least 1e-3 of the tensor's largest. ``logit_absmax``
+    (a float, or per row) is the largest visible |logit|. ``rows`` (bool, (B, H, L)) limits the
+    verdict to some rows.
+    """
+    err = row_errors(out, ref)
+    base = row_errors(baseline, ref)
+    if scale is None:
+        mag = ref.detach().abs().to(torch.float64)
+        rmax = mag.amax(dim=-1) if mag.shape[-1] else torch.zeros(mag.shape[:-1], dtype=torch.float64)
+        scale = torch.clamp(rmax, min=max(float(mag.max()) if mag.numel() else 0.0, 1.0) * 1e-3)
+    # A kernel's rounding error in exp(s) grows with |s|: logits are formed in (at least) float32
+    # and rounded there, so a row with logits ~1e3 is legitimately ~1e3 ulps off. The floor
+    # follows that conditioning; below it, any two correct kernels differ by chance.
+    cond = eps(dtype) + eps(torch.float32) * torch.as_tensor(logit_absmax, dtype=torch.float64)
+    floor = floor_ulps * torch.as_tensor(scale, dtype=torch.float64) * cond
+    floor = floor.expand_as(err) if floor.dim() else floor.expand(err.shape)
+    denom = torch.maximum(base, floor)
+    ratio = err / denom
+    ratio = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("inf")), ratio)
+    if rows is not None:
+        ratio = torch.where(rows.expand_as(ratio), ratio, torch.zeros_like(ratio))
+        considered = int(rows.expand_as(ratio).sum())
+    else:
+        considered = ratio.numel()
+    flat = int(torch.argmax(ratio)) if ratio.numel() else 0
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape)) if ratio.numel() else (0,)
+    idx = (idx + (0, 0, 0))[:3] if len(idx) < 3 else idx[-3:]
+    out_rows = out.detach()
+    nonfinite = (~torch.isfinite(out_rows.to(torch.float32))).any(dim=-1) & torch.isfinite(ref).all(dim=-1)
+    if rows is not None:
+        nonfinite = nonfinite & rows.expand_as(nonfinite)
+    worst = float(ratio.reshape(-1)[flat]) if ratio.numel() else 0.0
+    return Comparison(
+        ok=bool((ratio <= factor).all()),
+        worst_ratio=worst, factor=factor, worst_index=idx,
+        worst_error=float(err.reshape(-1)[flat]) if err.numel() else 0.0,
+        worst_baseline=float(denom.reshape(-1)[flat]) if denom.numel() else 0.0,
+        max_error=float(err.max()) if err.numel() else 0.0,
+        rows_failed=int((ratio > factor).sum()), rows=considered, nonfinite=int(nonfinite.sum()))

@@ -1,0 +1,78 @@
+"""C. Causal leakage, through is_causal, an explicit boolean tril mask and a float -inf mask.
+
+Catches: causal mask off by one either way, wrong alignment when L != S, mask after softmax,
+inverted polarity, 0/1 boolean masks, transposed masks, coarse block masks, backward ignoring
+the mask. With L != S the implementation's declared alignment is what is checked.
+"""
+
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from harness import probes
+from harness import strategies as hs
+from harness.cases import Case
+
+CAUSAL = dict(policies=("causal",), mask_kinds=("is_causal", "bool", "float"))
+PERTURB = st.sampled_from(["random", "huge", "adversarial"])
+
+
+def _future(inp, cut: float):
+    """Keys at or after a cut position, and the rows that may read none of them."""
+    S = inp.case.S
+    j0 = 1 + int(cut * (S - 1)) if S > 1 else 1
+    keys = torch.arange(S, device=inp.visible.device) >= j0
+    return keys, probes.blocked_rows(inp, keys)
+
+
+@given(case=hs.cases(**CAUSAL), cut=st.floats(0, 1), how=PERTURB)
+@example(case=Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16, policy="causal()", mask="is_causal"), cut=0.5, how="random")
+@example(case=Case(B=1, H=2, Hkv=1, L=3, S=7, E=16, Ev=16, policy="causal()", mask="is_causal"), cut=0.2, how="adversarial")
+@example(case=Case(B=1, H=1, Hkv=1, L=7, S=3, E=16, Ev=16, policy="causal()", mask="float", mask_shape="LS"), cut=0.5, how="huge")
+def test_future_perturbation_invariance(target, case, cut, how):
+    """Changing keys and values at future positions leaves every earlier query's output bitwise
+    unchanged."""
+    case = target.fit(case)
+    inp = case.materialize()
+    keys, rows = _future(inp, cut)
+    out0 = probes.call(target.impl, inp)
+    k, v = probes.perturb_keys(inp, keys, how, seed=case.seed)
+    out1 = probes.call(target.impl, inp, k=k, v=v)
+    probes.assert_rows_unchanged(out0, out1, rows, f"{how} change to future keys/values (from key {int(keys.int().argmax())})")
+
+
+@given(case=hs.cases(max_heads=2, batch_max=2, **CAUSAL))
+@example(case=Case(B=1, H=1, Hkv=1, L=5, S=5, E=16, Ev=16, policy="causal()", mask="is_causal"))
+@example(case=Case(B=1, H=1, Hkv=1, L=3, S=6, E=16, Ev=16, policy="causal()", mask="is_causal"))
+def test_exercise2_future_weights_zero(target, case):
+    """The seed's exercise 2: apply a causal mask and verify future weights are exactly zero
+    (weights read off with one-hot values)."""
+    case = target.fit(case)
+    inp = case.materialize()
+    w = probes.effective_weights(target.impl, inp)
+    leak = (w != 0) & ~inp.visible
+    if bool(leak.any()):
+        b, h, i, j = (int(x) for x in leak.nonzero()[0])
+        raise probes.PropertyViolation(
+            f"{int(leak.sum())} future (query, key) pairs get weight; first: query {i} -> key {j} "
+            f"(b={b}, h={h}) weight {float(w[b, h, i, j]):.3g}")
+    missing = (inp.has_visible & ~(w > 0).any(-1))
+    if bool(missing.any()):
+        b, h, i = (int(x) for x in missing.nonzero()[0])
+        raise probes.PropertyViolation(f"query {i} (b={b}, h={h}) gives no weight to any visible key")
+
+
+@given(case=hs.cases(**CAUSAL), cut=st.floats(0, 1))
+@example(case=Case(B=1, H=1, Hkv=1, L=6, S=6, E=16, Ev=16, policy="causal()", mask="bool", mask_shape="LS"), cut=0.5)
+def test_future_gradients_zero(target, case, cut):
+    """The gradient of out[i] with respect to k[j] and v[j], j > i, is exactly zero."""
+    target.require(autograd=True)
+    case = target.fit(case)
+    inp = case.materialize()
+    keys, rows = _future(inp, cut)
+    g = torch.Generator().manual_seed(case.seed)
+    cot = torch.randn(case.B, case.H, case.L, case.Ev, generator=g) * rows.unsqueeze(-1)
+    _, dk, dv = probes.grads(target.impl, inp, cot)
+    where = keys.expand(case.B, case.Hkv, case.S)
+    probes.assert_zero(dk, where, "d out[earlier rows] / d k[future]")
+    probes.assert_zero(dv, where, "d out[earlier rows] / d v[future]")
