@@ -317,10 +317,20 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         res["message"] = f"{message}\ncounterexample: {case.short()}\nseed: {hc.seed}"
     item.config._attention_harness_results.append(res)
     if item.config.getoption("--harness-progress"):
-        sys.stderr.write("HARNESS-PROGRESS " + json.dumps({"impl": spec, "suite": res["suite"],
-                                                          "property": res["property"], "dtype": dtype,
-                                                          "status": status}) + "\n")
-        sys.stderr.flush()
+        _progress(item.config, {"impl": spec, "suite": res["suite"], "property": res["property"],
+                                "dtype": dtype, "status": status})
+
+
+def _progress(config, event: dict):
+    # Through the terminal reporter: it holds the real stdout, which pytest's capture does not.
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    line = "HARNESS-PROGRESS " + json.dumps(event)
+    if tr is None:
+        sys.__stderr__.write(line + "\n")
+        return
+    tr.ensure_newline()
+    tr.write_line(line)
+    tr.flush() if hasattr(tr, "flush") else None
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -342,3 +352,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             tr.write_line("    " + r["message"].replace("\n", "\n    "))
             if r["repro"]:
                 tr.write_line(f"    reproduce: {r['repro']}")
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--harness-progress"):
+        _progress(session.config, {"collected": len(session.items)})

@@ -1,0 +1,240 @@
+"""``attn-harness``: a thin command line over the same code path as the pytest suites."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# Modules that add their own subcommands through register(subparsers).
+SUBCOMMAND_MODULES = ("harness.calculators", "harness.compare", "harness.bench", "harness.model")
+
+
+class Progress:
+    """A live bar on a terminal, plain lines elsewhere (CI logs)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.s = stream
+        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.reset("", 0, 0)
+
+    def reset(self, impl, index, total_impls):
+        self.impl, self.index, self.total_impls = impl, index, total_impls
+        self.total = self.done = 0
+        self.counts: dict = {}
+        self.suite = None
+        self.t0 = time.time()
+
+    def __call__(self, ev: dict):
+        if "collected" in ev:
+            self.total = ev["collected"]
+            return
+        self.done += 1
+        self.counts[ev["status"]] = self.counts.get(ev["status"], 0) + 1
+        if self.tty:
+            n = 24
+            fill = int(n * self.done / self.total) if self.total else 0
+            c = " ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+            self.s.write(f"\r\x1b[K[{self.index}/{self.total_impls}] {self.impl} {'#' * fill}{'.' * (n - fill)} "
+                         f"{self.done}/{self.total or '?'} {ev['suite']}::{ev['property']} | {c}")
+            self.s.flush()
+        elif ev["suite"] != self.suite:
+            self.suite = ev["suite"]
+            self.s.write(f"[{self.index}/{self.total_impls}] {self.impl}: {ev['suite']} "
+                         f"({self.done}/{self.total or '?'} properties so far, {time.time() - self.t0:.0f} s)\n")
+            self.s.flush()
+        if ev["status"] in ("fail", "error") and not self.tty:
+            self.s.write(f"    {ev['status']}: {ev['suite']}::{ev['property']} [{ev['dtype']}]\n")
+
+    def finish(self, verdict: str, duration: float):
+        c = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+        if self.tty:
+            self.s.write("\r\x1b[K")
+        self.s.write(f"[{self.index}/{self.total_impls}] {self.impl}: {verdict.upper()} ({c}) in {duration:.1f} s\n")
+        self.s.flush()
+
+
+def _usage_error(msg: str) -> int:
+    sys.stderr.write(f"attn-harness: error: {msg}\n")
+    return EXIT_USAGE
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+
+    from harness import builtins
+    from harness.runner import available_suites, default_suites
+
+    rows = [(n, "yes" if ok else "no", why) for n, ok, why in builtins.available()]
+    print(tabulate(rows, headers=["built-in", "available", "description / why not"]))
+    print()
+    print("suites: " + ", ".join(s + ("" if s in default_suites() else " (opt-in)") for s in available_suites()))
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from harness import report as R
+    from harness.contract import LoadError, load
+    from harness.runner import CheckOptions, available_suites, run_one, verdict
+
+    if not args.impl:
+        return _usage_error("give at least one --impl SPEC (see `attn-harness list`)")
+    dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
+    from harness.contract import ALL_DTYPES
+
+    for d in dtypes or []:
+        if d not in ALL_DTYPES:
+            return _usage_error(f"unknown dtype {d!r} (known: {', '.join(ALL_DTYPES)})")
+    for s in args.suite or []:
+        if s not in available_suites():
+            return _usage_error(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return _usage_error("--device cuda, but CUDA is not available on this machine")
+    impls = []
+    for spec in args.impl:
+        try:
+            impls.append(load(spec))
+        except LoadError as e:
+            if args.traceback:
+                raise
+            return _usage_error(str(e))
+    names = [i.name for i in impls]
+    for i, n in enumerate(names):  # two specs may load functions with the same name
+        if names.count(n) > 1:
+            impls[i].name = impls[i].spec
+    report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
+                        suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,
+                        case=args.case, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
+                        forward_factor=args.forward_factor, backward_factor=args.backward_factor)
+    from harness.pytest_plugin import DEFAULT_SEED
+
+    options = {"device": args.device, "dtypes": dtypes or (["float32"] if args.device == "cpu" else
+                                                           ["float32", "bfloat16", "float16"]),
+               "profile": args.profile, "suites": args.suite or "default", "properties": args.property,
+               "strict": args.strict, "seed": args.seed if args.seed is not None else DEFAULT_SEED,
+               "forward_factor": args.forward_factor, "backward_factor": args.backward_factor}
+    rep = R.new_report(options, ["attn-harness"] + sys.argv[1:], args.device)
+    progress = Progress()
+    sys.stderr.write(f"attention-harness: {len(impls)} implementation(s), profile {args.profile}, "
+                     f"report in {report_dir}\n")
+    overall = EXIT_OK
+    try:
+        for n, impl in enumerate(impls, 1):
+            progress.reset(impl.name, n, len(impls))
+            res = run_one(opts, impl.spec, report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt", progress)
+            results = res["results"]
+            if res["problem"]:
+                results.append({"suite": "harness", "property": "run", "tier": "gate", "dtype": "-",
+                                "device": args.device, "impl": impl.spec, "status": "error", "cases": 0,
+                                "worst": {}, "message": res["problem"], "counterexample": None,
+                                "repro": " ".join(["attn-harness", "check", "--impl", impl.spec]), "seed": options["seed"],
+                                "duration_s": res["duration_s"], "doc": "the implementation's test process"})
+            if not results:
+                results.append({"suite": "harness", "property": "run", "tier": "gate", "dtype": "-",
+                                "device": args.device, "impl": impl.spec, "status": "error", "cases": 0, "worst": {},
+                                "message": "no results: " + (res["log"].strip().splitlines() or ["(no output)"])[-1],
+                                "counterexample": None, "repro": "", "seed": options["seed"],
+                                "duration_s": res["duration_s"], "doc": ""})
+            v = verdict(results, args.strict)
+            fp = next((r["worst"].get("fingerprint") for r in results if r["property"] == "test_fingerprint"
+                       and r.get("worst")), None)
+            rep["implementations"].append({
+                "name": impl.name, "spec": impl.spec, "verdict": v, "description": impl.description,
+                "capabilities": impl.capabilities.to_dict(), "fingerprint": fp, "duration_s": res["duration_s"],
+                "log": str(report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt"), "problem": res["problem"],
+                "results": results})
+            paths = R.write_all(rep, report_dir, args.junit)
+            progress.finish(v, res["duration_s"])
+            if v != "pass":
+                overall = EXIT_FAIL
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\ninterrupted: the report keeps the {len(rep['implementations'])} finished "
+                         f"implementation(s) in {report_dir}\n")
+        return 130
+    for k, p in paths.items():
+        sys.stderr.write(f"wrote {p}\n")
+    if args.print_summary:
+        from harness.report import matrix_rows
+        from tabulate import tabulate
+
+        headers, rows = matrix_rows(rep)
+        print(tabulate(rows, headers=headers))
+    return overall
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    p = argparse.ArgumentParser(prog="attn-harness", description=(
+        "Correctness and leakage test harness for attention implementations. Exit status: 0 every gate "
+        "property passed; 1 a gate property failed or errored; 2 usage or loading error."))
+    p.add_argument("--version", action="version", version=f"attention-harness {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("check", help="run the property suites against implementations and write a report")
+    c.add_argument("--impl", action="append", default=[], metavar="SPEC",
+                   help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
+    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    c.add_argument("--dtype", default=None, metavar="LIST",
+                   help="comma-separated, e.g. float32,bfloat16,float16 (default: float32 on cpu, all three on cuda)")
+    c.add_argument("--profile", default="default", choices=("quick", "default", "thorough"),
+                   help="quick (<=15 s per implementation on 2 CPU cores), default (<=60 s), thorough (nightly)")
+    c.add_argument("--suite", action="append", default=None, metavar="NAME",
+                   help="run only this suite (repeatable; see `attn-harness list`)")
+    c.add_argument("--property", action="append", default=None, metavar="NAME",
+                   help="run only properties whose test name matches (pytest -k expression)")
+    c.add_argument("--strict", action="store_true", help="strict-tier properties fail the gate too")
+    c.add_argument("--seed", type=int, default=None, help="hypothesis seed (default fixed; printed with failures)")
+    c.add_argument("--case", default=None, metavar="REPR", help="replay exactly this Case(...) (from a repro command)")
+    c.add_argument("--report-dir", default=None, metavar="DIR", help="default reports/<timestamp>/")
+    c.add_argument("--junit", default=None, metavar="FILE", help="also write JUnit XML here")
+    c.add_argument("--call-timeout", type=float, default=30.0, help="seconds one kernel call may take (default 30)")
+    c.add_argument("--impl-timeout", type=float, default=1800.0,
+                   help="seconds one implementation's whole run may take (default 1800)")
+    c.add_argument("--forward-factor", type=float, default=2.0, help="forward error bound factor (default 2)")
+    c.add_argument("--backward-factor", type=float, default=3.0, help="gradient error bound factor (default 3)")
+    c.add_argument("--print-summary", action="store_true", help="also print the comparison matrix to stdout")
+    c.add_argument("--traceback", action="store_true", help="show tracebacks for loading errors")
+    c.set_defaults(func=cmd_check)
+
+    l = sub.add_parser("list", help="built-in implementations (and whether they run here) and suites")
+    l.set_defaults(func=cmd_list)
+
+    for modname in SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors exit 2 already
+        return int(e.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Reports: render check results. They compute nothing new.
+
+``report.json`` (schema below, versioned), ``report.md`` (GitHub-renderable, tabulate) and JUnit
+XML. Every file is written atomically (temporary file, then rename), and the CLI rewrites them
+after each implementation, so an interrupted run keeps what finished.
+
+Schema (``schema_version`` 1)::
+
+    {"schema_version": 1, "created": ISO-8601, "harness_version", "command",
+     "options": {"device", "dtypes", "profile", "suites", "strict", "seed", "forward_factor", "backward_factor"},
+     "environment": {"torch", "python", "platform", "device", "cpu", "cuda", "driver", "gpu"},
+     "implementations": [
+        {"name", "spec", "verdict": "pass"|"fail", "capabilities": {...}, "description",
+         "duration_s", "log", "problem",
+         "results": [{"suite", "property", "tier": "gate"|"strict"|"info", "dtype", "device",
+                      "status": "pass"|"fail"|"error"|"skip"|"unsupported", "cases",
+                      "worst": {"ratio", "factor", "where", "error", "baseline_error", "case", ...},
+                      "message", "counterexample": {Case fields} | null, "counterexample_text",
+                      "repro", "seed", "duration_s", "doc"}]}]}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+from xml.etree import ElementTree as ET
+
+SCHEMA_VERSION = 1
+STATUS_ORDER = {"error": 0, "fail": 1, "unsupported": 2, "skip": 3, "pass": 4}
+
+
+def atomic_write(path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def environment(device: str = "cpu") -> dict:
+    import torch
+
+    env = {"torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+           "device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(0)
+        try:
+            import subprocess
+
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            env["driver"] = None
+    return env
+
+
+def new_report(options: dict, command: Optional[list] = None, device: str = "cpu") -> dict:
+    from harness import __version__
+
+    return {"schema_version": SCHEMA_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "harness_version": __version__, "command": command or sys.argv,
+            "options": options, "environment": environment(device), "implementations": []}
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+def _ratio_text(worst: dict) -> str:
+    r = worst.get("ratio") if worst else None
+    if r is None:
+        return ""
+    try:
+        return f"{float(r):.2g}x"
+    except (TypeError, ValueError):
+        return str(r)
+
+
+def cell(results: list) -> str:
+    """One matrix cell: the worst status across dtypes, with the worst error ratio."""
+    if not results:
+        return "—"
+    worst = min(results, key=lambda r: STATUS_ORDER.get(r["status"], 9))
+    st = worst["status"]
+    label = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "unsupported": "unsupported", "skip": "skip"}[st]
+    if st in ("fail", "error") and len(results) > 1:
+        label += " " + ",".join(r["dtype"] for r in results if r["status"] == st)
+    if worst["tier"] != "gate" and st in ("fail", "error"):
+        label += f" ({worst['tier']})"
+    ratios = [r for r in results if r.get("worst") and r["worst"].get("ratio") is not None]
+    if ratios:
+        top = max(ratios, key=lambda r: float(r["worst"]["ratio"]) if not isinstance(r["worst"]["ratio"], str) else float("inf"))
+        label += f" {_ratio_text(top['worst'])}"
+    return label
+
+
+def property_keys(report: dict) -> list:
+    seen = {}
+    for impl in report["implementations"]:
+        for r in impl["results"]:
+            seen.setdefault((r["suite"], r["property"]), r.get("tier", "gate"))
+    return list(seen.items())
+
+
+def matrix_rows(report: dict) -> tuple[list, list]:
+    impls = report["implementations"]
+    headers = ["property", "tier"] + [i["name"] for i in impls]
+    rows = []
+    for (suite, prop), tier in property_keys(report):
+        row = [f"{suite}::{prop}", tier]
+        for impl in impls:
+            row.append(cell([r for r in impl["results"] if r["suite"] == suite and r["property"] == prop]))
+        rows.append(row)
+    rows.append(["**verdict**", ""] + [f"**{i['verdict'].upper()}**" for i in impls])
+    return headers, rows
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(report: dict) -> str:
+    from tabulate import tabulate
+
+    o = report.get("options", {})
+    env = report.get("environment", {})
+    lines = ["# attention-harness report", "",
+             f"Created {report['created']} · torch {env.get('torch')} · python {env.get('python')} · "
+             f"device {env.get('gpu') or env.get('device')} · profile {o.get('profile')} · dtypes "
+             f"{', '.join(o.get('dtypes') or [])} · seed {o.get('seed')}" + (" · strict" if o.get("strict") else ""),
+             "",
+             "Each cell: the worst status over the dtypes run, and the worst per-row error ratio "
+             "(error against the float64 reference divided by the error of a plain same-dtype PyTorch "
+             f"computation; the gate allows {o.get('forward_factor', 2)}x forward, {o.get('backward_factor', 3)}x "
+             "backward). `unsupported` = outside the implementation's declared capabilities, never a pass.",
+             ""]
+    headers, rows = matrix_rows(report)
+    lines.append(tabulate([[_md_escape(c) for c in r] for r in rows], headers=headers, tablefmt="github"))
+    lines.append("")
+    fps = [(i["name"], next((r["worst"].get("fingerprint") for r in i["results"]
+                             if r["property"] == "test_fingerprint" and r.get("worst")), None))
+           for i in report["implementations"]]
+    fps = [(n, f) for n, f in fps if f]
+    if fps:
+        keys = list(dict.fromkeys(k for _, f in fps for k in f))
+        lines += ["## Semantic fingerprint", "",
+                  tabulate([[k] + [_md_escape(f.get(k, "")) for _, f in fps] for k in keys],
+                           headers=["probe"] + [n for n, _ in fps], tablefmt="github"), ""]
+    problems = [i for i in report["implementations"] if i.get("problem")]
+    for i in problems:
+        lines += [f"**{i['name']}**: {_md_escape(i['problem'])}", ""]
+    failures = [(i, r) for i in report["implementations"] for r in i["results"] if r["status"] in ("fail", "error")]
+    if failures:
+        lines += ["## Failures", ""]
+        for impl, r in failures:
+            enforced = r["tier"] == "gate" or (r["tier"] == "strict" and o.get("strict"))
+            lines.append(f"### {impl['name']} · {r['suite']}::{r['property']} · {r['dtype']} · "
+                         f"{r['status']}{'' if enforced else ' (' + r['tier'] + ', not enforced)'}")
+            lines.append("")
+            if r.get("doc"):
+                lines += [f"_{r['doc']}_", ""]
+            lines += ["```", r["message"].strip(), "```", ""]
+            if r.get("repro"):
+                lines += ["Reproduce:", "", "```sh", r["repro"], "```", ""]
+    unsupported = [(i["name"], r) for i in report["implementations"] for r in i["results"] if r["status"] == "unsupported"]
+    if unsupported:
+        lines += ["## Unsupported (declared capabilities)", ""]
+        lines += [f"- {n}: {r['suite']}::{r['property']} [{r['dtype']}]: {_md_escape(r['message'])}" for n, r in unsupported]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- JUnit -----------------------------------------------------------------------------------
+
+def to_junit(report: dict) -> str:
+    """One testcase per (implementation, property); dtypes folded into the case."""
+    suites = ET.Element("testsuites", name="attention-harness")
+    for impl in report["implementations"]:
+        groups: dict = {}
+        for r in impl["results"]:
+            groups.setdefault((r["suite"], r["property"]), []).append(r)
+        ts = ET.SubElement(suites, "testsuite", name=impl["name"], tests=str(len(groups)))
+        nfail = nerr = nskip = 0
+        for (suite, prop), rs in groups.items():
+            tc = ET.SubElement(ts, "testcase", classname=f"{impl['name']}.{suite}", name=prop,
+                               time=str(round(sum(r.get("duration_s", 0) for r in rs), 3)))
+            worst = min(rs, key=lambda r: STATUS_ORDER.get(r["status"], 9))
+            msg = "\n\n".join(f"[{r['dtype']}] {r['message']}" + (f"\nreproduce: {r['repro']}" if r.get("repro") else "")
+                              for r in rs if r["status"] == worst["status"])
+            enforced = worst["tier"] == "gate" or (worst["tier"] == "strict" and report["options"].get("strict"))
+            if worst["status"] == "fail" and enforced:
+                ET.SubElement(tc, "failure", message=msg.splitlines()[0][:500] if msg else "fail").text = msg
+                nfail += 1
+            elif worst["status"] == "error" and enforced:
+                ET.SubElement(tc, "error", message=msg.splitlines()[0][:500] if msg else "error").text = msg
+                nerr += 1
+            elif worst["status"] in ("skip", "unsupported") or (worst["status"] in ("fail", "error") and not enforced):
+                ET.SubElement(tc, "skipped", message=f"{worst['status']} ({worst['tier']}): {msg[:500]}")
+                nskip += 1
+        ts.set("failures", str(nfail))
+        ts.set("errors", str(nerr))
+        ts.set("skipped", str(nskip))
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True)
+
+
+def write_all(report: dict, report_dir, junit: Optional[str] = None) -> dict:
+    """Write report.json and report.md (and JUnit when asked); returns the paths."""
+    d = Path(report_dir)
+    paths = {"json": d / "report.json", "md": d / "report.md"}
+    atomic_write(paths["json"], json.dumps(report, indent=1, default=str))
+    atomic_write(paths["md"], to_markdown(report))
+    if junit:
+        paths["junit"] = Path(junit)
+        atomic_write(junit, to_junit(report))
+    try:  # the HTML report and pictures are optional extras of the reports module
+        from harness import html_report
+
+        paths["html"] = d / "report.html"
+        atomic_write(paths["html"], html_report.render(report, d))
+    except ImportError:
+        pass
+    return paths
+
+
+def load(path) -> dict:
+    with open(path) as f:
+        rep = json.load(f)
+    if rep.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {rep.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    return rep

@@ -1,0 +1,149 @@
+"""Runs the property suites for a list of implementations and collects the results.
+
+Each implementation runs in its own pytest process (through :mod:`harness.pytest_plugin`, the
+same code path as ``pytest --pyargs harness.suites``), so a kernel that crashes the interpreter or
+hangs inside C code costs its own results only; the report is rewritten after each one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+OPT_IN_SUITES = ("model",)  # slow or needing extras: run only when named with --suite
+
+
+def suites_dir() -> Path:
+    import harness.suites
+
+    return Path(harness.suites.__file__).parent
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem[5:] for p in suites_dir().glob("test_*.py"))
+
+
+def default_suites() -> list[str]:
+    return [s for s in available_suites() if s not in OPT_IN_SUITES]
+
+
+@dataclass
+class CheckOptions:
+    specs: list
+    device: str = "cpu"
+    dtypes: Optional[list] = None
+    profile: str = "default"
+    suites: Optional[list] = None
+    properties: Optional[list] = None
+    strict: bool = False
+    seed: Optional[int] = None
+    case: Optional[str] = None
+    call_timeout: float = 30.0
+    impl_timeout: float = 1800.0
+    forward_factor: float = 2.0
+    backward_factor: float = 3.0
+    extra_pytest_args: list = field(default_factory=list)
+
+
+def _pytest_command(opts: CheckOptions, spec: str, results_path: str) -> list:
+    sd = suites_dir()
+    suites = opts.suites or default_suites()
+    files = [str(sd / f"test_{s}.py") for s in suites]
+    cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q", "--no-header",
+           "-rN", "--tb=short", "--impl", spec, "--device", opts.device, "--profile", opts.profile,
+           "--harness-results", results_path, "--harness-progress", "--call-timeout", str(opts.call_timeout),
+           "--forward-factor", str(opts.forward_factor), "--backward-factor", str(opts.backward_factor),
+           "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning",
+           # The suites live inside the installed package: don't let a project's own config
+           # (rootdir, addopts, testpaths) change how they run.
+           "-c", os.devnull, "--rootdir", str(sd)]
+    if opts.dtypes:
+        cmd += ["--dtype", ",".join(opts.dtypes)]
+    if opts.strict:
+        cmd.append("--strict-properties")
+    if opts.seed is not None:
+        cmd += ["--seed", str(opts.seed)]
+    if opts.properties:
+        cmd += ["-k", " or ".join(opts.properties)]
+    if opts.case:
+        cmd += ["--case", opts.case]
+    return cmd + list(opts.extra_pytest_args)
+
+
+def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
+            on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
+    "duration_s", "problem"}."""
+    fd, results_path = tempfile.mkstemp(suffix=".json", prefix="harness-results-")
+    os.close(fd)
+    os.unlink(results_path)
+    cmd = _pytest_command(opts, spec, results_path)
+    t0 = time.time()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    log_lines: list[str] = []
+    problem = None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            bufsize=1)
+    import threading
+
+    def killer():
+        problem_holder.append(f"timed out after {opts.impl_timeout:g} s (whole implementation run)")
+        proc.kill()
+
+    problem_holder: list = []
+    timer = threading.Timer(opts.impl_timeout, killer)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "HARNESS-PROGRESS " in line:
+                before, payload = line.split("HARNESS-PROGRESS ", 1)
+                if before.strip():
+                    log_lines.append(before + "\n")
+                if on_progress:
+                    try:
+                        on_progress(json.loads(payload))
+                    except ValueError:
+                        pass
+                continue
+            log_lines.append(line)
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.kill()
+        raise
+    finally:
+        timer.cancel()
+    if problem_holder:
+        problem = problem_holder[0]
+    results = []
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+        os.unlink(results_path)
+    rc = proc.returncode
+    if problem is None and rc not in (0, 1):
+        tail = "".join(log_lines[-15:]).strip()
+        problem = f"pytest exited with status {rc}" + (f": {tail.splitlines()[-1]}" if tail else "")
+        if rc < 0:
+            problem = f"the test process was killed by signal {-rc} (the kernel crashed the interpreter?)"
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(" ".join(cmd) + "\n\n" + "".join(log_lines))
+    return {"results": results, "returncode": rc, "log": "".join(log_lines), "problem": problem,
+            "duration_s": round(time.time() - t0, 2), "command": cmd}
+
+
+def verdict(results: list, strict: bool) -> str:
+    for r in results:
+        enforced = r["tier"] == "gate" or (r["tier"] == "strict" and strict)
+        if enforced and r["status"] in ("fail", "error"):
+            return "fail"
+    return "pass"
