@@ -7,7 +7,9 @@ import datetime as _dt
 import importlib
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -18,9 +20,9 @@ SUBCOMMAND_MODULES = ("harness.calculators", "harness.compare", "harness.bench",
 class Progress:
     """A live bar on a terminal, plain lines elsewhere (CI logs)."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=sys.stderr, force_plain=False):
         self.s = stream
-        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb" and not force_plain
         self.reset("", 0, 0)
 
     def reset(self, impl, index, total_impls):
@@ -80,7 +82,7 @@ def cmd_list(args) -> int:
 def cmd_check(args) -> int:
     from harness import report as R
     from harness.contract import LoadError, load
-    from harness.runner import CheckOptions, available_suites, run_one, verdict
+    from harness.runner import CheckOptions, available_suites, run_one
 
     if not args.impl:
         return _usage_error("give at least one --impl SPEC (see `attn-harness list`)")
@@ -123,43 +125,34 @@ def cmd_check(args) -> int:
                "strict": args.strict, "seed": args.seed if args.seed is not None else DEFAULT_SEED,
                "forward_factor": args.forward_factor, "backward_factor": args.backward_factor}
     rep = R.new_report(options, ["attn-harness"] + sys.argv[1:], args.device)
-    progress = Progress()
-    sys.stderr.write(f"attention-harness: {len(impls)} implementation(s), profile {args.profile}, "
-                     f"report in {report_dir}\n")
-    overall = EXIT_OK
+    finished: dict = {}
+    lock = threading.Lock()
+    paths: dict = {}
+
+    def one(n, impl):
+        progress = Progress(force_plain=args.jobs > 1)
+        progress.reset(impl.name, n, len(impls))
+        log = report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt"
+        res = run_one(opts, impl.spec, log, progress)
+        entry = _implementation_entry(impl, res, args, options, log)
+        with lock:
+            finished[n] = entry
+            rep["implementations"] = [finished[i] for i in sorted(finished)]
+            paths.update(R.write_all(rep, report_dir, args.junit))
+        progress.finish(entry["verdict"], res["duration_s"])
+        return entry["verdict"]
+
     try:
-        for n, impl in enumerate(impls, 1):
-            progress.reset(impl.name, n, len(impls))
-            res = run_one(opts, impl.spec, report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt", progress)
-            results = res["results"]
-            if res["problem"]:
-                results.append({"suite": "harness", "property": "run", "tier": "gate", "dtype": "-",
-                                "device": args.device, "impl": impl.spec, "status": "error", "cases": 0,
-                                "worst": {}, "message": res["problem"], "counterexample": None,
-                                "repro": " ".join(["attn-harness", "check", "--impl", impl.spec]), "seed": options["seed"],
-                                "duration_s": res["duration_s"], "doc": "the implementation's test process"})
-            if not results:
-                results.append({"suite": "harness", "property": "run", "tier": "gate", "dtype": "-",
-                                "device": args.device, "impl": impl.spec, "status": "error", "cases": 0, "worst": {},
-                                "message": "no results: " + (res["log"].strip().splitlines() or ["(no output)"])[-1],
-                                "counterexample": None, "repro": "", "seed": options["seed"],
-                                "duration_s": res["duration_s"], "doc": ""})
-            v = verdict(results, args.strict)
-            fp = next((r["worst"].get("fingerprint") for r in results if r["property"] == "test_fingerprint"
-                       and r.get("worst")), None)
-            rep["implementations"].append({
-                "name": impl.name, "spec": impl.spec, "verdict": v, "description": impl.description,
-                "capabilities": impl.capabilities.to_dict(), "fingerprint": fp, "duration_s": res["duration_s"],
-                "log": str(report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt"), "problem": res["problem"],
-                "results": results})
-            paths = R.write_all(rep, report_dir, args.junit)
-            progress.finish(v, res["duration_s"])
-            if v != "pass":
-                overall = EXIT_FAIL
+        if args.jobs > 1:
+            with ThreadPoolExecutor(max_workers=args.jobs) as ex:
+                verdicts = list(ex.map(lambda a: one(*a), enumerate(impls, 1)))
+        else:
+            verdicts = [one(n, impl) for n, impl in enumerate(impls, 1)]
     except KeyboardInterrupt:
-        sys.stderr.write(f"\ninterrupted: the report keeps the {len(rep['implementations'])} finished "
+        sys.stderr.write(f"\ninterrupted: the report keeps the {len(finished)} finished "
                          f"implementation(s) in {report_dir}\n")
         return 130
+    overall = EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
     for k, p in paths.items():
         sys.stderr.write(f"wrote {p}\n")
     if args.print_summary:
@@ -169,6 +162,25 @@ def cmd_check(args) -> int:
         headers, rows = matrix_rows(rep)
         print(tabulate(rows, headers=headers))
     return overall
+
+
+def _implementation_entry(impl, res, args, options, log) -> dict:
+    results = res["results"]
+    base = {"suite": "harness", "property": "run", "tier": "gate", "dtype": "-", "device": args.device,
+            "impl": impl.spec, "status": "error", "cases": 0, "worst": {}, "counterexample": None,
+            "seed": options["seed"], "duration_s": res["duration_s"], "doc": "the implementation's test process"}
+    if res["problem"]:
+        results.append({**base, "message": res["problem"], "repro": f"attn-harness check --impl {impl.spec}"})
+    if not results:
+        last = (res["log"].strip().splitlines() or ["(no output)"])[-1]
+        results.append({**base, "message": f"no results: {last}", "repro": ""})
+    from harness.runner import verdict
+
+    fp = next((r["worst"].get("fingerprint") for r in results
+               if r["property"] == "test_fingerprint" and r.get("worst")), None)
+    return {"name": impl.name, "spec": impl.spec, "verdict": verdict(results, args.strict),
+            "description": impl.description, "capabilities": impl.capabilities.to_dict(), "fingerprint": fp,
+            "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results}
 
 
 def _safe(name: str) -> str:
@@ -206,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds one implementation's whole run may take (default 1800)")
     c.add_argument("--forward-factor", type=float, default=2.0, help="forward error bound factor (default 2)")
     c.add_argument("--backward-factor", type=float, default=3.0, help="gradient error bound factor (default 3)")
+    c.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N implementations in parallel processes (default 1)")
     c.add_argument("--print-summary", action="store_true", help="also print the comparison matrix to stdout")
     c.add_argument("--traceback", action="store_true", help="show tracebacks for loading errors")
     c.set_defaults(func=cmd_check)

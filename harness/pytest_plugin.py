@@ -163,6 +163,11 @@ class Target:
         if why:
             pytest.skip(f"unsupported: {why}")
 
+    def require_mask(self):
+        """Skip as unsupported unless the implementation takes a dense bool or float mask."""
+        if not ({"bool", "float"} & set(self.caps.mask_kinds)):
+            pytest.skip("unsupported: needs dense boolean or float masks")
+
     def fit(self, case):
         """The drawn case moved inside this implementation's capabilities (or the case given
         with ``--case``); cases that cannot be expressed here are rejected."""
@@ -224,6 +229,12 @@ def _suite(item) -> str:
     return base[5:-3] if base.startswith("test_") else base[:-3]
 
 
+def _unsatisfiable(excinfo) -> bool:
+    from hypothesis.errors import Unsatisfiable
+
+    return isinstance(excinfo.value, Unsatisfiable)
+
+
 def _exc_status(excinfo) -> str:
     from harness.probes import ImplementationError
 
@@ -279,6 +290,12 @@ def pytest_runtest_makereport(item, call):
     elif rep.skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         _store(item, hc, spec, dtype, tier, _skip_status(reason), _clean_skip(reason), t, rep)
+    elif _unsatisfiable(call.excinfo) and (t is None or t.cases == 0):
+        # No drawn case could be expressed inside the declared capabilities: unsupported, not a pass.
+        msg = "no case of this property fits the declared capabilities"
+        _store(item, hc, spec, dtype, tier, "unsupported", msg, t, rep)
+        rep.outcome = "skipped"
+        rep.longrepr = (str(item.fspath), 0, f"Skipped: unsupported: {msg}")
     else:
         status = _exc_status(call.excinfo)
         msg = _message(call.excinfo)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-OPT_IN_SUITES = ("model",)  # slow or needing extras: run only when named with --suite
+OPT_IN_SUITES = ("model", "throughput")  # slow or needing extras: run only when named with --suite
 
 
 def suites_dir() -> Path:

@@ -44,6 +44,7 @@ def _segment_keys(inp, which: int):
 def test_policy_perturbation_invariance(target, case, which, how):
     """Perturbing one segment (a document, chunk, turn or continuation), and separately
     everything one query may not read, leaves every row that may not read it bitwise unchanged."""
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     out0 = probes.call(target.impl, inp)
@@ -70,6 +71,7 @@ def test_policy_perturbation_invariance(target, case, which, how):
 @example(case=Case(B=1, H=1, Hkv=1, L=11, S=11, E=8, Ev=8, policy="shared_prefix(3, [4, 4])", mask="bool", mask_shape="LS"))
 def test_policy_weights_zero(target, case):
     """Weights read off with one-hot values are exactly zero on every forbidden (query, key) pair."""
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     w = probes.effective_weights(target.impl, inp)
@@ -87,6 +89,7 @@ def test_policy_gradients_zero(target, case, which):
     """Gradients of the rows that may not read a segment, with respect to that segment's keys and
     values, are exactly zero."""
     target.require(autograd=True)
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     keys = _segment_keys(inp, which)
@@ -109,7 +112,7 @@ def test_exercise10_delimiters_obey_policy(target, case, how):
     segment never reaches untrusted tool/retrieved tokens (nor the delimiters that open them), and
     every delimiter token, as a key and as a query, obeys the same policy: none reads ahead, none
     carries the system prompt into untrusted rows."""
-    target.require(mask_kind="bool") if "bool" in target.caps.mask_kinds else target.require(mask_kind="float")
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     turns = eval(case.policy[len("chat_roles("):-1].replace("null", "None"))  # JSON list of [role, n]

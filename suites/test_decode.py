@@ -45,7 +45,7 @@ def test_decode_matches_prefill(target, case):
 def test_chunked_prefill_matches(target, case, chunk):
     """Prefill in chunks of queries (each chunk reads the cache so far plus itself, causally)
     equals the full causal prefill."""
-    target.require(mask_kind="bool") if "bool" in target.caps.mask_kinds else target.require(mask_kind="float")
+    target.require_mask()
     case = target.fit(case)
     full_case, full = _prefill(target, case)
     ref = full.reference()

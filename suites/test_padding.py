@@ -26,6 +26,7 @@ def _pad_keys(inp):
 @example(case=Case(B=3, H=2, Hkv=1, L=3, S=6, E=16, Ev=16, policy="key_padding([2, 6, 1])", mask="float", mask_shape="B1LS"), how="huge")
 def test_padding_content_invariance(target, case, how):
     """Real tokens' outputs do not depend on what the padding contains (bitwise)."""
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     keys = _pad_keys(inp)
@@ -41,6 +42,7 @@ def test_padding_content_invariance(target, case, how):
 def test_padding_amount_invariance(target, case, extra):
     """Real tokens' outputs do not depend on how much padding follows (exercise 5): the same
     sequences padded to S and to S + extra both match the reference."""
+    target.require_mask()
     case = target.fit(case)
     longer = case.replace(S=case.S + extra, policy=case.policy)
     for c in (case, longer):
@@ -57,6 +59,7 @@ def test_padding_amount_invariance(target, case, extra):
 @example(case=Case(B=2, H=1, Hkv=1, L=3, S=7, E=8, Ev=8, policy="key_padding([1, 6])", mask="bool", mask_shape="B11S"))
 def test_padding_weights_zero(target, case):
     """Weights read off with one-hot values are exactly zero on padded keys."""
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     w = probes.effective_weights(target.impl, inp)
@@ -72,6 +75,7 @@ def test_padding_weights_zero(target, case):
 def test_padding_gradients_zero(target, case):
     """Gradients with respect to padded keys and values are exactly zero."""
     target.require(autograd=True)
+    target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
     g = torch.Generator().manual_seed(case.seed)

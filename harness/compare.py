@@ -1,0 +1,356 @@
+"""``attn-harness compare`` and ``attn-harness merge``: reports against each other.
+
+``compare BASE.json NEW.json`` lists what changed between two runs, keyed by implementation name,
+``suite::property`` and dtype:
+
+- regressions (exit 1): properties that newly fail or error (gate tier, or strict when the new
+  run was strict), error ratios that grew beyond ``--ratio-threshold`` times the base ratio (and
+  past 0.5 of the bound), semantic fingerprint changes, and, when both reports carry a top-level
+  ``throughput`` list, entries whose median time grew by more than ``--slowdown``;
+- for information: properties that started passing, newly failing non-enforced tiers, coverage
+  changes (newly unsupported, added or removed properties and implementations), speed-ups.
+
+Exit 0 when nothing regressed, 1 when something did, 2 when a file is unreadable or not a
+report. ``merge A.json B.json ...`` builds one comparison from reports made on several machines:
+every implementation becomes a column ``<impl> @ <gpu or device> torch <version>``.
+
+Python: :func:`compare_reports`, :func:`to_markdown`, :func:`to_html`, :func:`merge_reports`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from harness import report as R
+
+EXIT_OK, EXIT_REGRESSED, EXIT_UNREADABLE = 0, 1, 2
+FAILING = ("fail", "error")
+
+
+# --- comparing -------------------------------------------------------------------------------
+
+def _ratio(r: dict) -> Optional[float]:
+    w = r.get("worst") if isinstance(r.get("worst"), dict) else {}
+    x = w.get("ratio")
+    if x is None:
+        return None
+    try:
+        return float(x)  # "inf" strings too
+    except (TypeError, ValueError):
+        return None
+
+
+def _index(report: dict) -> dict:
+    """{(impl name, "suite::property", dtype): result}."""
+    out = {}
+    for impl in report.get("implementations") or []:
+        for r in impl.get("results") or []:
+            out[(impl.get("name"), f"{r.get('suite')}::{r.get('property')}", r.get("dtype"))] = r
+    return out
+
+
+def _fingerprint(impl: dict) -> Optional[dict]:
+    fp = impl.get("fingerprint")
+    if isinstance(fp, dict):
+        return fp
+    for r in impl.get("results") or []:
+        if r.get("property") == "test_fingerprint" and isinstance(r.get("worst"), dict):
+            if isinstance(r["worst"].get("fingerprint"), dict):
+                return r["worst"]["fingerprint"]
+    return None
+
+
+def _enforced(r: dict, strict: bool) -> bool:
+    tier = r.get("tier", "gate")
+    return tier == "gate" or (tier == "strict" and strict)
+
+
+def _shape_key(shape) -> str:
+    if isinstance(shape, dict):
+        return " ".join(f"{k}={shape[k]}" for k in sorted(shape))
+    return str(shape)
+
+
+def _tp_key(e: dict) -> tuple:
+    return (e.get("impl"), e.get("mode"), _shape_key(e.get("shape")), e.get("dtype"))
+
+
+def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdown: float = 0.05,
+                    base_label: str = "base", new_label: str = "new") -> dict:
+    """What changed from ``base`` to ``new`` (report dicts). Lists of dicts under
+    ``newly_failing``, ``ratio_growth``, ``fingerprint_changes``, ``slowdowns`` (the regressions),
+    and ``started_passing``, ``newly_failing_not_enforced``, ``newly_unsupported``, ``added``,
+    ``removed``, ``speedups`` (information); ``regressed`` is True when any regression list is
+    non-empty."""
+    strict = bool((new.get("options") or {}).get("strict"))
+    bi, ni = _index(base), _index(new)
+    out = {"base": base_label, "new": new_label, "ratio_threshold": ratio_threshold, "slowdown": slowdown,
+           "newly_failing": [], "ratio_growth": [], "fingerprint_changes": [], "slowdowns": [],
+           "started_passing": [], "newly_failing_not_enforced": [], "newly_unsupported": [],
+           "added": [], "removed": [], "speedups": []}
+    for key, n in ni.items():
+        impl, prop, dtype = key
+        row = {"impl": impl, "property": prop, "dtype": dtype, "tier": n.get("tier", "gate")}
+        b = bi.get(key)
+        ns = n.get("status")
+        if b is None:
+            out["added"].append({**row, "status": ns})
+            if ns in FAILING and _enforced(n, strict):
+                out["newly_failing"].append({**row, "base_status": "absent", "status": ns,
+                                             "message": _first_line(n.get("message")), "repro": n.get("repro") or ""})
+            continue
+        bs = b.get("status")
+        if ns in FAILING and bs not in FAILING:
+            item = {**row, "base_status": bs, "status": ns, "message": _first_line(n.get("message")),
+                    "repro": n.get("repro") or ""}
+            (out["newly_failing"] if _enforced(n, strict) else out["newly_failing_not_enforced"]).append(item)
+        elif bs in FAILING and ns == "pass":
+            out["started_passing"].append({**row, "base_status": bs, "status": ns})
+        elif bs == "pass" and ns in ("unsupported", "skip"):
+            out["newly_unsupported"].append({**row, "base_status": bs, "status": ns,
+                                             "message": _first_line(n.get("message"))})
+        br, nr = _ratio(b), _ratio(n)
+        if nr is not None and br is not None and nr > ratio_threshold * br and nr > 0.5:
+            out["ratio_growth"].append({**row, "base_ratio": br, "ratio": nr,
+                                        "growth": (nr / br) if br > 0 else math.inf, "status": ns})
+    for key, b in bi.items():
+        if key not in ni:
+            out["removed"].append({"impl": key[0], "property": key[1], "dtype": key[2], "base_status": b.get("status")})
+    bimpls = {i.get("name"): i for i in base.get("implementations") or []}
+    for impl in new.get("implementations") or []:
+        old = bimpls.get(impl.get("name"))
+        if old is None:
+            continue
+        bf, nf = _fingerprint(old), _fingerprint(impl)
+        if bf and nf:
+            for k in dict.fromkeys(list(bf) + list(nf)):
+                if bf.get(k) != nf.get(k):
+                    out["fingerprint_changes"].append({"impl": impl.get("name"), "probe": k, "base": bf.get(k),
+                                                       "new": nf.get(k)})
+    btp, ntp = base.get("throughput"), new.get("throughput")
+    if isinstance(btp, list) and isinstance(ntp, list):
+        bmap = {_tp_key(e): e for e in btp if isinstance(e, dict)}
+        for e in ntp:
+            if not isinstance(e, dict):
+                continue
+            b = bmap.get(_tp_key(e))
+            try:
+                bm, nm = float(b["median_ms"]), float(e["median_ms"])
+            except (TypeError, KeyError, ValueError):
+                continue
+            row = {"impl": e.get("impl"), "mode": e.get("mode"), "shape": _shape_key(e.get("shape")),
+                   "dtype": e.get("dtype"), "base_ms": bm, "new_ms": nm,
+                   "change": (nm / bm - 1) if bm > 0 else math.inf}
+            if nm > bm * (1 + slowdown):
+                out["slowdowns"].append(row)
+            elif nm < bm / (1 + slowdown):
+                out["speedups"].append(row)
+    out["regressed"] = any(out[k] for k in REGRESSIONS)
+    return out
+
+
+REGRESSIONS = ("newly_failing", "ratio_growth", "fingerprint_changes", "slowdowns")
+
+
+def _first_line(s) -> str:
+    s = str(s or "").strip()
+    return s.splitlines()[0][:300] if s else ""
+
+
+def _f(x) -> str:
+    if isinstance(x, float):
+        if math.isinf(x):
+            return "inf"
+        return f"{x:.3g}"
+    return "" if x is None else str(x)
+
+
+SECTIONS = [
+    ("newly_failing", "Newly failing (regression)", ["impl", "property", "dtype", "tier", "base_status", "status", "message", "repro"]),
+    ("ratio_growth", "Error ratio growth (regression)", ["impl", "property", "dtype", "base_ratio", "ratio", "growth", "status"]),
+    ("fingerprint_changes", "Fingerprint changes (regression)", ["impl", "probe", "base", "new"]),
+    ("slowdowns", "Throughput slowdowns (regression)", ["impl", "mode", "shape", "dtype", "base_ms", "new_ms", "change"]),
+    ("started_passing", "Started passing", ["impl", "property", "dtype", "base_status", "status"]),
+    ("newly_failing_not_enforced", "Newly failing, tier not enforced", ["impl", "property", "dtype", "tier", "status", "message"]),
+    ("newly_unsupported", "Newly unsupported or skipped", ["impl", "property", "dtype", "base_status", "status", "message"]),
+    ("speedups", "Throughput speed-ups", ["impl", "mode", "shape", "dtype", "base_ms", "new_ms", "change"]),
+    ("added", "Added", ["impl", "property", "dtype", "status"]),
+    ("removed", "Removed", ["impl", "property", "dtype", "base_status"]),
+]
+
+
+def _cell(k, v) -> str:
+    if k == "change" and isinstance(v, float) and not math.isinf(v):
+        return f"{v:+.1%}"
+    if k == "growth" and isinstance(v, float):
+        return _f(v) + "x"
+    return _f(v)
+
+
+def to_markdown(cmp: dict) -> str:
+    from tabulate import tabulate
+
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    n = sum(len(cmp[k]) for k in REGRESSIONS)
+    lines = [f"# attention-harness compare: {esc(cmp['base'])} → {esc(cmp['new'])}", "",
+             (f"**REGRESSED**: {n} regression(s)." if cmp["regressed"] else "**No regressions.**") +
+             f" Ratio threshold {cmp['ratio_threshold']}x, slowdown threshold {cmp['slowdown']:.0%}.", ""]
+    for key, title, cols in SECTIONS:
+        items = cmp.get(key) or []
+        if not items:
+            continue
+        lines += [f"## {title} ({len(items)})", "",
+                  tabulate([[esc(_cell(c, it.get(c))) for c in cols] for it in items], headers=cols, tablefmt="github"), ""]
+    return "\n".join(lines)
+
+
+def to_html(cmp: dict) -> str:
+    from harness import html_report as H
+
+    n = sum(len(cmp[k]) for k in REGRESSIONS)
+    body = [f"<h1>attention-harness compare</h1><p>{H.esc(cmp['base'])} → {H.esc(cmp['new'])}</p>",
+            (f"<p class=\"flag\">REGRESSED: {n} regression(s).</p>" if cmp["regressed"] else "<p>No regressions.</p>"),
+            f"<p class=\"muted\">Ratio threshold {H.esc(cmp['ratio_threshold'])}x, slowdown threshold "
+            f"{H.esc(format(cmp['slowdown'], '.0%'))}.</p>"]
+    for key, title, cols in SECTIONS:
+        items = cmp.get(key) or []
+        if items:
+            colour = H.STATUS_COLOURS["fail"] if key in REGRESSIONS else H.STATUS_COLOURS["pass"] \
+                if key in ("started_passing", "speedups") else H.STATUS_COLOURS["skip"]
+            body.append(f"<h2 style=\"background:{colour}\">{H.esc(title)} ({len(items)})</h2>")
+            body.append(H.table(cols, [[_cell(c, it.get(c)) for c in cols] for it in items]))
+    return H.page("attention-harness compare", "\n".join(body))
+
+
+# --- merging ---------------------------------------------------------------------------------
+
+def _label(env: dict) -> str:
+    env = env or {}
+    return f"{env.get('gpu') or env.get('device') or 'unknown'} torch {env.get('torch') or '?'}"
+
+
+def merge_reports(reports: list, names: Optional[list] = None) -> dict:
+    """One report (same schema) from reports made on several machines. ``reports`` are report
+    dicts, or (name, report) pairs where name (usually the file name) disambiguates colliding
+    environment labels. Implementations are renamed ``<impl> @ <label>``; each keeps its
+    ``environment`` and ``source``; throughput entries are renamed the same way."""
+    pairs = []
+    for i, r in enumerate(reports):
+        if isinstance(r, tuple):
+            pairs.append(r)
+        else:
+            pairs.append(((names[i] if names else f"report {i + 1}"), r))
+    base_labels = [_label(r.get("environment")) for _, r in pairs]
+    labels = [f"{lb} ({name})" if base_labels.count(lb) > 1 else lb
+              for lb, (name, _) in zip(base_labels, pairs)]
+    for i in range(len(labels)):  # still colliding (same file name): number them
+        if labels.count(labels[i]) > 1:
+            labels[i] = f"{labels[i]} #{i + 1}"
+    first = pairs[0][1] if pairs else {}
+    from harness import __version__
+
+    merged = {"schema_version": R.SCHEMA_VERSION,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "harness_version": __version__, "command": ["attn-harness", "merge"] + [n for n, _ in pairs],
+              "options": dict(first.get("options") or {}),
+              "environment": {**(first.get("environment") or {}),
+                              "device": "several: " + "; ".join(dict.fromkeys(labels)),
+                              "gpu": None,
+                              "machines": [{"label": lb, "source": n, **(r.get("environment") or {})}
+                                           for lb, (n, r) in zip(labels, pairs)]},
+              "merged_from": [{"source": n, "label": lb, "created": r.get("created")} for lb, (n, r) in zip(labels, pairs)],
+              "implementations": []}
+    throughput = []
+    for lb, (n, r) in zip(labels, pairs):
+        for impl in r.get("implementations") or []:
+            renamed = {**impl, "name": f"{impl.get('name')} @ {lb}", "environment": r.get("environment"),
+                       "source": n}
+            merged["implementations"].append(renamed)
+        for e in r.get("throughput") or []:
+            if isinstance(e, dict):
+                throughput.append({**e, "impl": f"{e.get('impl')} @ {lb}"})
+    if throughput:
+        merged["throughput"] = throughput
+    return merged
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def _load(path: str):
+    rep = R.load(path)
+    if not isinstance(rep.get("implementations"), list):
+        raise ValueError(f"{path}: no implementations list")
+    return rep
+
+
+def _err(msg: str) -> int:
+    sys.stderr.write(f"attn-harness: error: {msg}\n")
+    return EXIT_UNREADABLE
+
+
+def cmd_compare(args) -> int:
+    reps = []
+    for p in (args.base, args.new):
+        try:
+            reps.append(_load(p))
+        except (OSError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            return _err(f"cannot read report {p}: {e}")
+    cmp = compare_reports(reps[0], reps[1], args.ratio_threshold, args.slowdown, args.base, args.new)
+    text = to_html(cmp) if args.format == "html" else to_markdown(cmp)
+    if args.output:
+        R.atomic_write(args.output, text)
+        sys.stderr.write(f"wrote {args.output}\n")
+    else:
+        print(text)
+    return EXIT_REGRESSED if cmp["regressed"] else EXIT_OK
+
+
+def cmd_merge(args) -> int:
+    pairs = []
+    names = [os.path.basename(p) for p in args.reports]
+    for p, nm in zip(args.reports, names):
+        try:
+            pairs.append((p if names.count(nm) > 1 else nm, _load(p)))
+        except (OSError, ValueError, AttributeError) as e:
+            return _err(f"cannot read report {p}: {e}")
+    merged = merge_reports(pairs)
+    out = Path(args.output_dir or Path("reports") / ("merged-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    paths = R.write_all(merged, out)
+    if "html" not in paths:  # write_all skips HTML when the module is absent; it is not here
+        from harness import html_report
+
+        paths["html"] = out / "report.html"
+        R.atomic_write(paths["html"], html_report.render(merged, out))
+    for k, p in paths.items():
+        sys.stderr.write(f"wrote {p}\n")
+    print(paths["md"])
+    return EXIT_OK
+
+
+def register(subparsers) -> None:
+    c = subparsers.add_parser("compare", help="what changed between two report.json files (exit 1 on regressions)",
+                              description="Newly failing properties, error-ratio growth, fingerprint changes and "
+                                          "throughput slowdowns from BASE to NEW. Exit 0: no regression; 1: "
+                                          "regressions; 2: unreadable file or wrong schema.")
+    c.add_argument("base", metavar="BASE.json")
+    c.add_argument("new", metavar="NEW.json")
+    c.add_argument("--ratio-threshold", type=float, default=1.5,
+                   help="flag error ratios that grew beyond this factor (and past 0.5) (default 1.5)")
+    c.add_argument("--slowdown", type=float, default=0.05,
+                   help="flag throughput entries whose median time grew by more than this fraction (default 0.05)")
+    c.add_argument("--format", choices=("md", "html"), default="md")
+    c.add_argument("--output", default=None, metavar="FILE", help="write the comparison here")
+    c.set_defaults(func=cmd_compare)
+
+    m = subparsers.add_parser("merge", help="one comparison from reports made on several machines",
+                              description="Columns '<impl> @ <gpu or device> torch <version>'; writes report.json, "
+                                          "report.md and report.html into --output-dir and prints the md path.")
+    m.add_argument("reports", nargs="+", metavar="REPORT.json")
+    m.add_argument("--output-dir", default=None, metavar="DIR", help="default reports/merged-<timestamp>/")
+    m.set_defaults(func=cmd_merge)

@@ -1,0 +1,436 @@
+"""``report.html``: one self-contained page people want to look at.
+
+Rendered from ``report.json`` alone (reports compute nothing new): the comparison matrix coloured
+by status, fingerprints side by side, every failure with its smallest counterexample and
+reproduction command, attention maps and entropy dashboards from the diagnostics suite, model
+head-ablation heatmaps, throughput tables, the unsupported list and the environment. Pictures are
+PNGs embedded as base64 data URIs; every string that comes from an implementation or a result is
+escaped. A section that cannot be drawn says so instead of breaking the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+from typing import Callable, Optional
+
+from harness import report as R
+
+STATUS_COLOURS = {"pass": "#c8ecc9", "fail": "#f6b3b3", "error": "#e88a8a", "unsupported": "#e4e4e4",
+                  "skip": "#f1f1f1", "none": "#ffffff", "info-fail": "#fbe3b0"}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;max-width:1400px;
+     padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{font-size:1.05em;margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.85em}
+th,td{border:1px solid #bbb;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f7f7;border:1px solid #ddd;padding:.5em;overflow-x:auto;white-space:pre-wrap;font-size:.85em}
+img{max-width:100%;border:1px solid #ddd}
+.caveat{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em;font-size:.9em}
+.flag{color:#b00000;font-weight:600}
+.muted{color:#666;font-size:.9em}
+.legend span{display:inline-block;padding:0 .5em;margin-right:.3em;border:1px solid #bbb}
+"""
+
+
+def esc(x) -> str:
+    """HTML-escape anything (None -> empty)."""
+    return "" if x is None else html.escape(str(x), quote=True)
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def table(headers: list, rows: list, raw: bool = False, cls: Optional[list] = None) -> str:
+    """A table; cells escaped unless ``raw`` (then the caller escaped them). A cell may be a
+    (html, style) pair when ``raw``."""
+    out = ["<table><thead><tr>" + "".join(f"<th>{h if raw else esc(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
+    for row in rows:
+        tds = []
+        for c in row:
+            if isinstance(c, tuple):
+                tds.append(f"<td style=\"{esc(c[1])}\">{c[0] if raw else esc(c[0])}</td>")
+            else:
+                tds.append(f"<td>{c if raw else esc(c)}</td>")
+        out.append("<tr>" + "".join(tds) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+_IMG_CACHE: dict = {}
+
+
+def png_data_uri(draw: Callable, key_obj=None) -> Optional[str]:
+    """Run ``draw(file_like)`` (a matplotlib writer) and return a data:image/png URI. Cached by
+    the JSON of ``key_obj``: the CLI re-renders the page after every implementation."""
+    key = None
+    if key_obj is not None:
+        key = hashlib.sha1(json.dumps(key_obj, sort_keys=True, default=str).encode()).hexdigest()
+        if key in _IMG_CACHE:
+            return _IMG_CACHE[key]
+    buf = io.BytesIO()
+    draw(buf)
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if key is not None:
+        if len(_IMG_CACHE) > 256:
+            _IMG_CACHE.clear()
+        _IMG_CACHE[key] = uri
+    return uri
+
+
+def img(uri: Optional[str], alt: str) -> str:
+    return f"<img src=\"{uri}\" alt=\"{esc(alt)}\">" if uri else ""
+
+
+def _section(title: str, fn: Callable, *args) -> str:
+    """A section that never breaks the page."""
+    try:
+        body = fn(*args)
+    except Exception as e:  # noqa: BLE001 - the page must render whatever the report holds
+        body = f"<p class=\"flag\">could not render this section: {esc(type(e).__name__)}: {esc(e)}</p>"
+    if not body:
+        return ""
+    return f"<h2>{esc(title)}</h2>\n{body}"
+
+
+# --- sections --------------------------------------------------------------------------------
+
+def _impls(report: dict) -> list:
+    return [i for i in (report.get("implementations") or []) if isinstance(i, dict)]
+
+
+def _results(impl: dict) -> list:
+    return [r for r in (impl.get("results") or []) if isinstance(r, dict)]
+
+
+def _header(report: dict) -> str:
+    o = report.get("options") or {}
+    env = report.get("environment") or {}
+    dtypes = o.get("dtypes") or []
+    parts = [f"created {esc(report.get('created'))}", f"harness {esc(report.get('harness_version'))}",
+             f"torch {esc(env.get('torch'))}", f"device {esc(env.get('gpu') or env.get('device'))}",
+             f"profile {esc(o.get('profile'))}",
+             f"dtypes {esc(', '.join(map(str, dtypes)) if isinstance(dtypes, list) else dtypes)}",
+             f"seed {esc(o.get('seed'))}"]
+    if o.get("strict"):
+        parts.append("strict")
+    cmd = report.get("command")
+    cmd = " ".join(map(str, cmd)) if isinstance(cmd, list) else cmd
+    verdicts = " ".join(f"<span style=\"background:{STATUS_COLOURS['pass' if i.get('verdict') == 'pass' else 'fail']};"
+                        f"padding:0 .4em;border:1px solid #999\">{esc(i.get('name'))}: "
+                        f"{esc(str(i.get('verdict', '?')).upper())}</span>" for i in _impls(report))
+    return (f"<h1>attention-harness report</h1><p class=\"muted\">{' · '.join(parts)}</p>"
+            + (f"<pre>{esc(cmd)}</pre>" if cmd else "") + (f"<p>{verdicts}</p>" if verdicts else ""))
+
+
+def _cell_status(results: list) -> str:
+    if not results:
+        return "none"
+    worst = min(results, key=lambda r: R.STATUS_ORDER.get(r.get("status"), 9))
+    st = worst.get("status", "none")
+    if st in ("fail", "error") and worst.get("tier", "gate") == "info":
+        return "info-fail"
+    return st if st in STATUS_COLOURS else "none"
+
+
+def _matrix(report: dict) -> str:
+    impls = _impls(report)
+    if not impls:
+        return "<p>No implementations in this report.</p>"
+    headers, rows = R.matrix_rows(report)
+    out_rows = []
+    for row, (key, tier) in zip(rows, R.property_keys(report)):
+        suite, prop = key
+        cells = [esc(row[0]), esc(row[1])]
+        for impl, text in zip(impls, row[2:]):
+            rs = [r for r in _results(impl) if r.get("suite") == suite and r.get("property") == prop]
+            st = _cell_status(rs)
+            title = "; ".join(f"{r.get('dtype')}: {r.get('status')}" for r in rs)
+            cells.append((f"<span title=\"{esc(title)}\">{esc(text)}</span>", f"background:{STATUS_COLOURS[st]}"))
+        out_rows.append(cells)
+    verdict = ["<b>verdict</b>", ""]
+    for impl in impls:
+        v = str(impl.get("verdict", "?"))
+        verdict.append((f"<b>{esc(v.upper())}</b>", f"background:{STATUS_COLOURS['pass' if v == 'pass' else 'fail']}"))
+    out_rows.append(verdict)
+    legend = "<p class=\"legend muted\">" + "".join(
+        f"<span style=\"background:{c}\">{esc(k)}</span>" for k, c in STATUS_COLOURS.items() if k != "none") + \
+        " Each cell: the worst status over the dtypes run and the worst per-row error ratio (error against the " \
+        "float64 reference divided by the error of a plain same-dtype PyTorch computation). " \
+        "<i>unsupported</i> = outside the declared capabilities, never a pass.</p>"
+    return table([esc(h) for h in headers], out_rows, raw=True) + legend
+
+
+def _fingerprint_of(impl: dict):
+    fp = impl.get("fingerprint")
+    if isinstance(fp, dict):
+        return fp
+    for r in _results(impl):
+        if r.get("property") == "test_fingerprint" and isinstance(r.get("worst"), dict):
+            f = r["worst"].get("fingerprint")
+            if isinstance(f, dict):
+                return f
+    return None
+
+
+def _fingerprints(report: dict) -> str:
+    fps = [(i.get("name"), _fingerprint_of(i)) for i in _impls(report)]
+    fps = [(n, f) for n, f in fps if f]
+    if not fps:
+        return ""
+    keys = list(dict.fromkeys(k for _, f in fps for k in f))
+    rows = []
+    for k in keys:
+        vals = [f.get(k) for _, f in fps]
+        differ = len({json.dumps(v, default=str) for v in vals}) > 1
+        rows.append([esc(k)] + [(esc(v), "background:#fff3c4" if differ else "") for v in vals])
+    return table(["probe"] + [esc(n) for n, _ in fps], rows, raw=True) + \
+        "<p class=\"muted\">Highlighted: implementations disagree.</p>"
+
+
+def _failures(report: dict) -> str:
+    o = report.get("options") or {}
+    out = []
+    for impl in _impls(report):
+        if impl.get("problem"):
+            out.append(f"<p class=\"flag\">{esc(impl.get('name'))}: {esc(impl.get('problem'))}</p>")
+    for impl in _impls(report):
+        for r in _results(impl):
+            if r.get("status") not in ("fail", "error"):
+                continue
+            tier = r.get("tier", "gate")
+            enforced = tier == "gate" or (tier == "strict" and o.get("strict"))
+            out.append(f"<h3>{esc(impl.get('name'))} · {esc(r.get('suite'))}::{esc(r.get('property'))} · "
+                       f"{esc(r.get('dtype'))} · <span class=\"flag\">{esc(r.get('status'))}</span>"
+                       f"{'' if enforced else ' (' + esc(tier) + ', not enforced)'}</h3>")
+            if r.get("doc"):
+                out.append(f"<p><i>{esc(r['doc'])}</i></p>")
+            out.append(f"<pre>{esc(str(r.get('message') or '').strip())}</pre>")
+            if r.get("counterexample_text") or r.get("counterexample"):
+                out.append("<p>Smallest counterexample: " + esc(r.get("counterexample_text") or "") + "</p>")
+                if isinstance(r.get("counterexample"), dict):
+                    out.append("<pre>" + esc(json.dumps(r["counterexample"], default=str)) + "</pre>")
+            w = r.get("worst") if isinstance(r.get("worst"), dict) else {}
+            nums = {k: v for k, v in w.items() if k in ("ratio", "factor", "where", "error", "baseline_error", "case")}
+            if nums:
+                out.append(table(list(nums), [[_fmt(v) for v in nums.values()]]))
+            if r.get("repro"):
+                out.append(f"<p>Reproduce:</p><pre>{esc(r['repro'])}</pre>")
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    return "" if v is None else str(v)
+
+
+def _diagnostics_entries(impl: dict) -> list:
+    out = []
+    for r in _results(impl):
+        w = r.get("worst")
+        if isinstance(w, dict) and isinstance(w.get("diagnostics"), dict):
+            out.append((r, w["diagnostics"]))
+    return out
+
+
+def _entropy_table(ent: dict) -> str:
+    rows = []
+    cases = [("all inputs", ent.get("overall"))] + list((ent.get("per_case") or {}).items())
+    for name, e in cases:
+        if not isinstance(e, dict):
+            continue
+        si, sr = e.get("implementation") or {}, e.get("reference") or {}
+        flags = e.get("flags") or []
+        rows.append([esc(name), esc(_fmt(si.get("mean"))), esc(_fmt(sr.get("mean"))), esc(_fmt(e.get("mean_delta"))),
+                     esc(_pct(si.get("collapse"))) + " / " + esc(_pct(sr.get("collapse"))),
+                     esc(_pct(si.get("diffuse"))) + " / " + esc(_pct(sr.get("diffuse"))),
+                     "<span class=\"flag\">" + "<br>".join(esc(f) for f in flags) + "</span>" if flags else "ok"])
+    if not rows:
+        return ""
+    return table(["input", "mean entropy (impl)", "mean entropy (reference)", "delta",
+                  "collapsed &lt;0.05 impl / ref", "near-uniform &gt;0.95 impl / ref", "flags"], rows, raw=True)
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{float(x):.0%}"
+
+
+def _diagnostics(report: dict) -> str:
+    from harness import diagnostics as D
+
+    out = []
+    caveat = None
+    for impl in _impls(report):
+        for r, d in _diagnostics_entries(impl):
+            caveat = d.get("caveat") or caveat
+            name = impl.get("name")
+            out.append(f"<h3>{esc(name)} · {esc(d.get('dtype') or r.get('dtype'))}</h3>")
+            maps = [m for m in (d.get("maps") or []) if isinstance(m, dict)]
+            leaks = [m for m in maps if m.get("leaked_total")]
+            if leaks:
+                out.append("<p class=\"flag\">Forbidden cells with weight (outlined in red): " + ", ".join(
+                    f"{esc(m.get('key'))}: {esc(m.get('leaked_total'))}" for m in leaks) + "</p>")
+            uns = [m for m in maps if m.get("unsupported")]
+            if uns:
+                out.append("<p class=\"muted\">Unsupported inputs: " + "; ".join(
+                    f"{esc(m.get('key'))} ({esc(m.get('unsupported'))})" for m in uns) + "</p>")
+            if maps:
+                out.append("<p class=\"muted\">" + "<br>".join(
+                    f"{esc(m.get('title'))} — <code>{esc(m.get('case'))}</code>" for m in maps) + "</p>")
+                try:
+                    uri = png_data_uri(lambda f, maps=maps: D.plot_maps(maps, f), ["maps", maps])
+                    out.append(img(uri, f"attention maps of {name} ({d.get('which', 'batch 0, head 0')}): "
+                                        "visible keys, reference, implementation, difference"))
+                except Exception as e:  # noqa: BLE001
+                    out.append(f"<p class=\"flag\">maps not drawn: {esc(type(e).__name__)}: {esc(e)}</p>")
+                out.append(f"<p class=\"muted\">Panels per input: visible keys (white), float64 reference "
+                           f"weights, the implementation's effective weights (read with one-hot values), "
+                           f"difference; {esc(d.get('which', 'batch 0, head 0'))}.</p>")
+            ent = d.get("entropy")
+            if isinstance(ent, dict) and (ent.get("overall") or ent.get("per_case")):
+                try:
+                    uri = png_data_uri(lambda f, ent=ent: D.plot_entropy(ent, f), ["entropy", ent])
+                    out.append(img(uri, f"entropy dashboard of {name}"))
+                except Exception as e:  # noqa: BLE001
+                    out.append(f"<p class=\"flag\">entropy not drawn: {esc(type(e).__name__)}: {esc(e)}</p>")
+                out.append(_entropy_table(ent))
+    if not out:
+        return ""
+    return f"<p class=\"caveat\">{esc(caveat or D.CAVEAT)}</p>\n" + "\n".join(out)
+
+
+def _ablations(report: dict) -> str:
+    out = []
+    for impl in _impls(report):
+        for r in _results(impl):
+            w = r.get("worst")
+            ab = w.get("ablation") if isinstance(w, dict) else None
+            if not isinstance(ab, dict):
+                continue
+            out.append(f"<h3>{esc(impl.get('name'))} · {esc(r.get('suite'))}::{esc(r.get('property'))} · "
+                       f"{esc(r.get('dtype'))}</h3>")
+            impact = ab.get("impact")
+            if not (isinstance(impact, list) and impact and all(isinstance(row, list) for row in impact)):
+                out.append("<pre>" + esc(json.dumps(ab, default=str)[:4000]) + "</pre>")
+                continue
+            meta = {k: v for k, v in ab.items() if k != "impact" and not isinstance(v, (list, dict))}
+            if meta:
+                out.append("<p class=\"muted\">" + esc(", ".join(f"{k}: {v}" for k, v in meta.items())) + "</p>")
+            try:
+                uri = png_data_uri(lambda f, ab=ab: _plot_ablation(ab, f), ["ablation", ab])
+                out.append(img(uri, "head ablation impact (layers x heads)"))
+            except Exception as e:  # noqa: BLE001
+                out.append(f"<p class=\"flag\">heatmap not drawn: {esc(type(e).__name__)}: {esc(e)}</p>")
+            nh = max(len(row) for row in impact)
+            out.append(table(["layer"] + [f"head {h}" for h in range(nh)],
+                             [[str(li)] + [_fmt(_num(x)) for x in row] for li, row in enumerate(impact)]))
+    return "\n".join(out)
+
+
+def _num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return x
+
+
+def _plot_ablation(ab: dict, f):
+    import numpy as np
+
+    from harness.diagnostics import _plt
+
+    plt = _plt()
+    impact = ab["impact"]
+    nh = max(len(row) for row in impact)
+    a = np.full((len(impact), nh), np.nan)
+    for i, row in enumerate(impact):
+        for j, x in enumerate(row):
+            v = _num(x)
+            a[i, j] = v if isinstance(v, float) else np.nan
+    fig, ax = plt.subplots(figsize=(min(12, 1.5 + 0.5 * nh), min(10, 1.5 + 0.4 * len(impact))))
+    im = ax.imshow(a, cmap="magma", interpolation="nearest", aspect="auto")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(str(ab.get("metric") or "impact of ablating the head"), fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(f, format="png", dpi=72)
+    plt.close(fig)
+
+
+def _throughput(report: dict) -> str:
+    tp = report.get("throughput")
+    if not isinstance(tp, list) or not tp:
+        return ""
+    entries = [e for e in tp if isinstance(e, dict)]
+    first = ["impl", "mode", "shape", "dtype", "median_ms", "tflops"]
+    keys = [k for k in first if any(k in e for e in entries)]
+    keys += [k for k in dict.fromkeys(k for e in entries for k in e) if k not in keys]
+    rows = []
+    for e in entries:
+        row = []
+        for k in keys:
+            v = e.get(k)
+            if k == "shape" and isinstance(v, dict):
+                v = " ".join(f"{a}={b}" for a, b in v.items())
+            row.append(_fmt(v))
+        rows.append(row)
+    return table(keys, rows)
+
+
+def _unsupported(report: dict) -> str:
+    items = [(i.get("name"), r) for i in _impls(report) for r in _results(i) if r.get("status") == "unsupported"]
+    if not items:
+        return ""
+    return table(["implementation", "property", "dtype", "reason"],
+                 [[n, f"{r.get('suite')}::{r.get('property')}", r.get("dtype"), r.get("message")] for n, r in items])
+
+
+def _environment(report: dict) -> str:
+    env = report.get("environment") or {}
+    o = report.get("options") or {}
+    out = table(["key", "value"], [[k, _fmt(v)] for k, v in env.items()]) if isinstance(env, dict) else ""
+    if isinstance(o, dict) and o:
+        out += "<h3>Options</h3>" + table(["option", "value"], [[k, _fmt(v)] for k, v in o.items()])
+    impls = _impls(report)
+    if impls:
+        out += "<h3>Implementations</h3>" + table(
+            ["name", "spec", "description", "verdict", "duration (s)", "capabilities"],
+            [[i.get("name"), i.get("spec"), i.get("description"), i.get("verdict"), _fmt(i.get("duration_s")),
+              _fmt(i.get("capabilities"))] for i in impls])
+    return out
+
+
+def render(report: dict, report_dir=None) -> str:
+    """The whole page as a string (``report_dir`` is accepted for the writer's signature; the page
+    is self-contained and writes nothing there)."""
+    body = [_safe(_header, report),
+            _section("Comparison matrix", _matrix, report),
+            _section("Semantic fingerprints", _fingerprints, report),
+            _section("Failures", _failures, report),
+            _section("Throughput", _throughput, report),
+            _section("Attention maps and entropy", _diagnostics, report),
+            _section("Head ablation", _ablations, report),
+            _section("Unsupported (declared capabilities)", _unsupported, report),
+            _section("Environment", _environment, report)]
+    return page("attention-harness report", "\n".join(b for b in body if b))
+
+
+def _safe(fn, *args) -> str:
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001
+        return f"<h1>attention-harness report</h1><p class=\"flag\">header: {esc(e)}</p>"

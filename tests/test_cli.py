@@ -1,0 +1,110 @@
+"""The command line as a new user meets it: exit codes, one-line errors, reports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout)
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("nope.py:f", "file not found"),
+    ("nope_builtin", "unknown built-in"),
+    ("no_such_pkg.mod:f", "cannot import module"),
+    ("harness.reference:missing", "has no attribute"),
+    ("harness.reference:NEG_INF", "not callable"),
+])
+def test_loading_errors_exit_2_with_one_line(spec, needle, tmp_path):
+    r = run("check", "--impl", spec, "--report-dir", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l]
+    assert len(lines) == 1 and needle in lines[0] and spec in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run("check", "--impl", "sdpa", "--suite", "nope").returncode == 2
+    assert run("check", "--impl", "sdpa", "--dtype", "float8").returncode == 2
+    assert run("check").returncode == 2
+    assert run("frobnicate").returncode == 2
+
+
+def test_list_shows_builtins_and_why_unavailable():
+    r = run("list")
+    assert r.returncode == 0
+    for name in ("reference", "sdpa", "sdpa-math", "flex", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn"):
+        assert name in r.stdout
+    if "cuda" not in r.stdout.lower() or True:
+        assert "needs CUDA" in r.stdout or "yes" in r.stdout
+
+
+def test_check_torch_sdpa_by_module_path_passes_and_writes_reports(tmp_path):
+    r = run("check", "--impl", "torch.nn.functional:scaled_dot_product_attention", "--profile", "quick",
+            "--report-dir", str(tmp_path), "--junit", str(tmp_path / "junit.xml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["schema_version"] == 1 and rep["implementations"][0]["verdict"] == "pass"
+    res = rep["implementations"][0]["results"]
+    assert {r_["suite"] for r_ in res} >= {"correctness", "causal", "padding", "isolation", "boundaries",
+                                           "stability", "backward", "decode", "fingerprint", "strict", "normalization"}
+    assert all(set(x) >= {"suite", "property", "tier", "status", "cases", "worst", "message", "repro"} for x in res)
+    md = (tmp_path / "report.md").read_text()
+    assert "| property" in md and "scaled_dot_product_attention" in md
+    assert (tmp_path / "junit.xml").exists()
+
+
+def test_failing_kernel_exits_1_with_counterexample_and_repro(tmp_path):
+    spec = str(ROOT / "fixtures" / "planted.py") + ":missing_scale"
+    r = run("check", "--impl", spec, "--profile", "quick", "--suite", "correctness", "--report-dir", str(tmp_path))
+    assert r.returncode == 1, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    fails = [x for x in rep["implementations"][0]["results"] if x["status"] == "fail"]
+    assert fails and all(f["counterexample"] and f["repro"].startswith("attn-harness check") for f in fails)
+    # The repro command replays exactly the counterexample and fails again.
+    f = fails[0]
+    import shlex
+
+    argv = shlex.split(f["repro"])[1:] + ["--report-dir", str(tmp_path / "repro")]
+    r2 = run(*argv)
+    assert r2.returncode == 1, r2.stderr[-2000:]
+    rep2 = json.loads((tmp_path / "repro" / "report.json").read_text())
+    again = [x for x in rep2["implementations"][0]["results"] if x["status"] == "fail"]
+    assert again and again[0]["counterexample"] == f["counterexample"]
+
+
+def test_broken_outputs_become_results_and_others_still_land(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import torch, time\n"
+        "def wrong_shape(query, key, value, **kw):\n    return query[..., :1]\n"
+        "def raises(query, key, value, **kw):\n    raise RuntimeError('boom')\n"
+        "def nan_out(query, key, value, **kw):\n    return torch.full(query.shape[:-1] + value.shape[-1:], float('nan'))\n"
+        "def hangs(query, key, value, **kw):\n    time.sleep(3600)\n"
+        "def wrong_dtype(query, key, value, **kw):\n"
+        "    return torch.nn.functional.scaled_dot_product_attention(query, key, value).double()\n")
+    specs = [f"{bad}:{n}" for n in ("wrong_shape", "raises", "nan_out", "hangs", "wrong_dtype")] + ["sdpa"]
+    args = ["check", "--profile", "quick", "--suite", "correctness", "--call-timeout", "2", "--report-dir", str(tmp_path / "r")]
+    for s in specs:
+        args += ["--impl", s]
+    r = run(*args, timeout=900)
+    assert r.returncode == 1
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    by = {i["spec"].split(":")[-1]: i for i in rep["implementations"]}
+    assert by["sdpa"]["verdict"] == "pass"
+    for n in ("wrong_shape", "raises", "nan_out", "hangs", "wrong_dtype"):
+        assert by[n]["verdict"] == "fail", n
+    msgs = lambda n: " ".join(x["message"] for x in by[n]["results"] if x["status"] in ("fail", "error"))
+    assert "output shape" in msgs("wrong_shape")
+    assert "boom" in msgs("raises") and any(x["status"] == "error" for x in by["raises"]["results"])
+    assert "NaN" in msgs("nan_out") or "inf" in msgs("nan_out")
+    assert "did not return" in msgs("hangs") or "hung" in msgs("hangs")
+    assert "dtype" in msgs("wrong_dtype")

@@ -1,0 +1,43 @@
+"""The dtype-aware, per-row bound."""
+
+import torch
+
+from harness.cases import Case
+from harness.contract import load
+from harness.tolerance import compare
+
+
+def _judge(out, inp, factor=2.0):
+    return compare(out, inp.reference(), inp.baseline(), inp.q.dtype, factor, logit_absmax=inp.logit_absmax())
+
+
+def test_correct_kernels_pass_and_a_one_row_leak_fails():
+    inp = Case(B=2, H=2, Hkv=2, L=40, S=40, E=32, Ev=32, seed=3).materialize()
+    sdpa = load("sdpa")
+    out = sdpa(inp.q, inp.k, inp.v)
+    ok = _judge(out, inp)
+    assert ok.ok and ok.worst_ratio <= 2
+    bad = out.clone()
+    bad[1, 0, 17] += 1e-4  # a leak confined to one row of 160
+    cmp = _judge(bad, inp)
+    assert not cmp.ok
+    assert cmp.worst_index == (1, 0, 17) and cmp.rows_failed == 1
+    assert "b=1, h=0, row=17" in cmp.describe()
+
+
+def test_nan_rows_fail_with_infinite_ratio():
+    inp = Case(L=4, S=4, seed=1).materialize()
+    out = load("sdpa")(inp.q, inp.k, inp.v).clone()
+    out[0, 0, 2, 0] = float("nan")
+    cmp = _judge(out, inp)
+    assert not cmp.ok and cmp.nonfinite == 1 and cmp.worst_ratio == float("inf")
+
+
+def test_half_precision_bound_scales_with_the_dtype():
+    inp = Case(L=16, S=16, dtype="bfloat16", seed=2).materialize()
+    out = load("sdpa")(inp.q, inp.k, inp.v)
+    assert _judge(out, inp).ok
+    # The same absolute error that is fine in bfloat16 is far over the bound in float32.
+    inp32 = Case(L=16, S=16, dtype="float32", seed=2).materialize()
+    out32 = load("sdpa")(inp32.q, inp32.k, inp32.v) + 4e-3
+    assert not _judge(out32, inp32).ok
