@@ -20,7 +20,6 @@ Python: :func:`compare_reports`, :func:`to_markdown`, :func:`to_html`, :func:`me
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import sys

@@ -225,19 +225,22 @@ def _with_flags(d: dict, threshold: float) -> dict:
     return {**d, "mean_delta": delta, "threshold": threshold, "flags": flags}
 
 
-def diagnose(impl, dtype: str = "float32", device: str = "cpu", threshold: float = FLAG_MEAN_DELTA) -> dict:
-    """Maps and entropy for the canonical inputs with one set of kernel calls::
+def diagnose(impl, dtype: str = "float32", device: str = "cpu", threshold: float = FLAG_MEAN_DELTA,
+             inputs=None) -> dict:
+    """Maps and entropy for the canonical inputs (or ``inputs``, a list of :class:`Canonical`)
+    with one set of kernel calls::
 
         {"dtype", "device", "which", "caveat", "maps": [attention_maps entries],
          "entropy": {"per_case": {key: compare_entropy(...)}, "overall": compare_entropy over all rows},
-         "unsupported": [keys]}
+         "unsupported": [keys], "cases": {key: the Case actually run (not JSON)}}
     """
     impl = _as_impl(impl)
-    maps, per_case, unsupported = [], {}, []
+    maps, per_case, unsupported, cases = [], {}, [], {}
     ei, er = [], []
-    for c in CANONICAL:
+    for c in (CANONICAL if inputs is None else inputs):
         w = _weights(impl, c, dtype, device)
         maps.append(_map_entry(c, w))
+        cases[c.key] = w["case"]
         if w["impl"] is None:
             unsupported.append(c.key)
             continue
@@ -251,7 +254,7 @@ def diagnose(impl, dtype: str = "float32", device: str = "cpu", threshold: float
         overall = _with_flags({"implementation": _summary(torch.cat(ei)), "reference": _summary(torch.cat(er))},
                               threshold)
     return {"dtype": dtype, "device": device, "which": WHICH, "caveat": CAVEAT, "maps": maps,
-            "entropy": {"per_case": per_case, "overall": overall}, "unsupported": unsupported}
+            "entropy": {"per_case": per_case, "overall": overall}, "unsupported": unsupported, "cases": cases}
 
 
 # --- pictures --------------------------------------------------------------------------------

@@ -335,8 +335,13 @@ def _ablations(report: dict) -> str:
             except Exception as e:  # noqa: BLE001
                 out.append(f"<p class=\"flag\">heatmap not drawn: {esc(type(e).__name__)}: {esc(e)}</p>")
             nh = max(len(row) for row in impact)
-            out.append(table(["layer"] + [f"head {h}" for h in range(nh)],
-                             [[str(li)] + [_fmt(_num(x)) for x in row] for li, row in enumerate(impact)]))
+            out.append("<p>Impact (layers x heads)</p>" + table(
+                ["layer"] + [f"head {h}" for h in range(nh)],
+                [[str(li)] + [_fmt(_num(x)) for x in row] for li, row in enumerate(impact)]))
+            ranking = [x for x in (ab.get("ranking") or []) if isinstance(x, dict)][:10]
+            if ranking:
+                cols = list(dict.fromkeys(k for x in ranking for k in x))
+                out.append("<p>Most important heads</p>" + table(cols, [[_fmt(x.get(c)) for c in cols] for x in ranking]))
     return "\n".join(out)
 
 
@@ -347,25 +352,38 @@ def _num(x):
         return x
 
 
-def _plot_ablation(ab: dict, f):
+def _matrix_of(rows):
     import numpy as np
 
-    from harness.diagnostics import _plt
-
-    plt = _plt()
-    impact = ab["impact"]
-    nh = max(len(row) for row in impact)
-    a = np.full((len(impact), nh), np.nan)
-    for i, row in enumerate(impact):
+    if not (isinstance(rows, list) and rows and all(isinstance(r, list) for r in rows)):
+        return None
+    nh = max(len(r) for r in rows)
+    a = np.full((len(rows), max(nh, 1)), np.nan)
+    for i, row in enumerate(rows):
         for j, x in enumerate(row):
             v = _num(x)
             a[i, j] = v if isinstance(v, float) else np.nan
-    fig, ax = plt.subplots(figsize=(min(12, 1.5 + 0.5 * nh), min(10, 1.5 + 0.4 * len(impact))))
-    im = ax.imshow(a, cmap="magma", interpolation="nearest", aspect="auto")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(str(ab.get("metric") or "impact of ablating the head"), fontsize=9)
-    fig.colorbar(im, ax=ax)
+    return a
+
+
+def _plot_ablation(ab: dict, f):
+    """Layers x heads heatmaps: impact of ablating each head, and its attention entropy if given."""
+    from harness.diagnostics import _plt
+
+    plt = _plt()
+    panels = [("impact of ablating the head", _matrix_of(ab["impact"]), "magma")]
+    ent = _matrix_of(ab.get("entropy"))
+    if ent is not None:
+        panels.append(("attention entropy", ent, "viridis"))
+    a0 = panels[0][1]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(min(14, len(panels) * (1.8 + 0.45 * a0.shape[1])), min(10, 1.6 + 0.4 * a0.shape[0])))
+    for ax, (title, a, cmap) in zip(axes[0], panels):
+        im = ax.imshow(a, cmap=cmap, interpolation="nearest", aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(f, format="png", dpi=72)
     plt.close(fig)

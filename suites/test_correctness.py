@@ -18,8 +18,10 @@ TILE_EDGES = [15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
 
 def test_base_case(target):
     """The smallest unmasked input runs and is right: a kernel that cannot do this fails."""
-    inp = Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16, dtype=target.dtype, device=target.device).materialize()
+    case = Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16, dtype=target.dtype, device=target.device)
+    inp = case.materialize()
     target.cases += 1
+    target.last_case = case
     out = probes.call(target.impl, inp, allow_unsupported=False)
     probes.judge(target, out, inp)
 

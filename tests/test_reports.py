@@ -1,0 +1,300 @@
+"""Reports people look at: report.html (self-contained, escaped, robust), JUnit XML, Markdown, and
+the diagnostics (attention maps, entropy) that feed them.
+
+One real ``attn-harness check`` run (three implementations, fingerprint + diagnostics suites,
+quick profile, ~20 s on 2 cores) is shared by the tests that need real output; everything else
+uses small synthetic report dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+import torch
+
+from harness import diagnostics as D
+from harness import html_report
+from harness import report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPLS = ["sdpa", "reference", "fixtures/planted.py:missing_scale"]
+HOSTILE = "<script>alert(1)</script>"
+
+
+class _Page(HTMLParser):
+    """Collects tags, image sources and text; records unbalanced structure."""
+
+    VOID = {"img", "meta", "br", "hr", "input", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.imgs, self.text, self.stack, self.mismatched = [], [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if self.stack and self.stack[-1] == tag:
+            self.stack.pop()
+        else:
+            self.mismatched.append(tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html: str) -> _Page:
+    p = _Page()
+    p.feed(html)
+    p.close()
+    assert not p.mismatched, p.mismatched
+    assert not p.stack, p.stack
+    return p
+
+
+# --- one real run ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("check")
+    cmd = [sys.executable, "-m", "harness", "check", "--suite", "fingerprint", "--suite", "diagnostics",
+           "--profile", "quick", "--report-dir", str(d), "--junit", str(d / "junit.xml")]
+    for spec in IMPLS:
+        cmd += ["--impl", spec]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    report = json.loads((d / "report.json").read_text())
+    return proc, d, report
+
+
+def test_real_run_verdicts(real_run):
+    proc, d, report = real_run
+    assert proc.returncode == 1, proc.stderr  # missing_scale fails the gate
+    verdicts = {i["name"]: i["verdict"] for i in report["implementations"]}
+    assert verdicts == {"sdpa": "pass", "reference": "pass", "missing_scale": "fail"}
+    bad = {(r["suite"], r["property"]) for r in report["implementations"][2]["results"] if r["status"] == "fail"}
+    assert ("diagnostics", "test_entropy_matches_reference") in bad
+
+
+def test_real_run_diagnostics_stored(real_run):
+    _, _, report = real_run
+    for impl in report["implementations"]:
+        r = next(r for r in impl["results"] if r["property"] == "test_attention_maps_and_entropy")
+        assert r["tier"] == "info" and r["status"] == "pass" and r["cases"] == len(D.CANONICAL)
+        diag = r["worst"]["diagnostics"]
+        assert diag["caveat"] == D.CAVEAT
+        assert [m["key"] for m in diag["maps"]] == [c.key for c in D.CANONICAL]
+        for m in diag["maps"]:
+            L = len(m["mask"])
+            assert len(m["reference"]) == L == len(m["implementation"])
+            assert set(x for row in m["mask"] for x in row) <= {0, 1}
+            assert all(x == round(x, 4) for row in m["implementation"] for x in row)
+            assert m["leaked"] == 0
+        ent = diag["entropy"]["overall"]
+        if impl["name"] == "missing_scale":
+            assert ent["mean_delta"] < -0.05 and ent["flags"]
+        else:
+            assert abs(ent["mean_delta"]) < 1e-6 and not ent["flags"]
+
+
+def test_real_run_html(real_run):
+    _, d, report = real_run
+    html = (d / "report.html").read_text()
+    page = parse(html)
+    pngs = [i for i in page.imgs if i.get("src", "").startswith("data:image/png;base64,")]
+    assert len(pngs) >= 2 * len(IMPLS)  # maps and entropy for each implementation
+    assert all(len(i["src"]) > 1000 for i in pngs)
+    text = " ".join(page.text)
+    for impl in report["implementations"]:
+        assert impl["name"] in text
+    assert D.CAVEAT in text
+    assert "Comparison matrix" in text and "Semantic fingerprints" in text and "Failures" in text
+    assert "attn-harness check --impl fixtures/planted.py:missing_scale" in text  # reproduction command
+    assert "src=\"http" not in html and "<link" not in html  # self-contained
+
+
+def test_real_run_junit_and_markdown(real_run):
+    _, d, report = real_run
+    root = ET.parse(d / "junit.xml").getroot()
+    cases = root.findall(".//testcase")
+    pairs = {(i["name"], r["suite"], r["property"]) for i in report["implementations"] for r in i["results"]}
+    assert len(cases) == len(pairs)
+    assert {(c.get("classname").rsplit(".", 1)[0], c.get("classname").rsplit(".", 1)[1], c.get("name"))
+            for c in cases} == pairs
+    assert len(root.findall(".//failure")) == 2  # missing_scale: default scale and entropy
+    md = (d / "report.md").read_text()
+    assert "| property" in md and "diagnostics::test_entropy_matches_reference" in md
+    header = next(line for line in md.splitlines() if line.startswith("| property"))
+    assert all(i["name"] in header for i in report["implementations"])
+
+
+# --- synthetic reports ------------------------------------------------------------------------
+
+def _result(prop, status="pass", suite="correctness", tier="gate", dtype="float32", **kw):
+    r = {"suite": suite, "property": prop, "tier": tier, "dtype": dtype, "device": "cpu", "impl": "x",
+         "status": status, "cases": 3, "worst": {}, "message": "", "counterexample": None,
+         "counterexample_text": None, "repro": "", "seed": 1, "duration_s": 0.01, "doc": "a property"}
+    r.update(kw)
+    return r
+
+
+def _impl(name, results, verdict="pass", **kw):
+    return {"name": name, "spec": name, "verdict": verdict, "capabilities": {}, "description": "",
+            "duration_s": 1.0, "log": "", "problem": None, "results": results, **kw}
+
+
+def _report(impls, **kw):
+    rep = {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "harness_version": "0.1.0",
+           "command": ["attn-harness", "check"], "options": {"device": "cpu", "dtypes": ["float32"],
+                                                             "profile": "quick", "strict": False, "seed": 1},
+           "environment": {"torch": "2.13", "python": "3.11", "device": "cpu"}, "implementations": impls}
+    rep.update(kw)
+    return rep
+
+
+def _hostile_report():
+    msg = f"boom {HOSTILE} & <img src=x onerror=alert(2)>"
+    bad = _result(HOSTILE, "fail", suite=HOSTILE, message=msg, repro=f"attn-harness check --impl '{HOSTILE}'",
+                  counterexample={"policy": HOSTILE}, counterexample_text=HOSTILE,
+                  worst={"ratio": 7.0, "where": HOSTILE})
+    diag_map = {"key": HOSTILE, "title": HOSTILE, "case": HOSTILE, "which": "batch 0, head 0",
+                "mask": [[1, 0], [1, 1]], "reference": [[1.0, 0.0], [0.4, 0.6]],
+                "implementation": [[0.9, 0.1], [0.4, 0.6]], "leaked": 1, "leaked_total": 1, "unsupported": None}
+    side = {"rows": 1, "mean": 0.5, "histogram": [0] * 5 + [1] + [0] * 4, "collapse": 0.0, "diffuse": 0.0}
+    diag = _result("test_attention_maps_and_entropy", suite="diagnostics", tier="info", worst={"diagnostics": {
+        "dtype": "float32", "which": "batch 0, head 0", "caveat": D.CAVEAT, "maps": [diag_map],
+        "entropy": {"overall": {"implementation": side, "reference": side, "mean_delta": 0.0, "flags": [HOSTILE]},
+                    "per_case": {HOSTILE: {"implementation": side, "reference": side, "mean_delta": 0.0,
+                                           "flags": []}}}}})
+    impl = _impl(HOSTILE, [bad, diag, _result("p2", "unsupported", message=HOSTILE)], verdict="fail",
+                 spec=HOSTILE, description=HOSTILE, problem=HOSTILE,
+                 fingerprint={"causal_alignment": HOSTILE})
+    return _report([impl, _impl("ok", [_result(HOSTILE), _result("p2")])],
+                   throughput=[{"impl": HOSTILE, "mode": "fwd", "shape": {"B": 1, "L": 128}, "dtype": "float32",
+                                "median_ms": 1.5, "tflops": 0.1}],
+                   environment={"torch": HOSTILE, "device": "cpu", "gpu": HOSTILE})
+
+
+def test_hostile_text_is_escaped():
+    html = html_report.render(_hostile_report(), None)
+    assert HOSTILE not in html
+    assert "<img src=x" not in html
+    assert html.count(html_report.esc(HOSTILE)) >= 10
+    page = parse(html)
+    assert "script" not in page.tags
+    assert all(i["src"].startswith("data:image/png;base64,") for i in page.imgs)
+    assert HOSTILE in " ".join(page.text)  # shown to the reader as text
+    assert "Throughput" in " ".join(page.text)
+
+
+def test_markdown_and_junit_with_hostile_names():
+    rep = _hostile_report()
+    root = ET.fromstring(R.to_junit(rep))
+    assert len(root.findall(".//testcase")) == 3 + 2
+    md = R.to_markdown(rep)
+    assert "| property" in md and "ok" in md
+
+
+@pytest.mark.parametrize("mutate", [
+    "nothing", "no_implementations", "no_diagnostics", "error_status", "broken_diagnostics", "ablation",
+    "broken_ablation", "bad_throughput", "missing_keys",
+])
+def test_render_never_crashes(mutate):
+    rep = _hostile_report()
+    impl = rep["implementations"][0]
+    if mutate == "no_implementations":
+        rep["implementations"] = []
+    elif mutate == "no_diagnostics":
+        for i in rep["implementations"]:
+            i["results"] = [r for r in i["results"] if r["suite"] != "diagnostics"]
+    elif mutate == "error_status":
+        impl["results"].append(_result("harness_run", "error", suite="harness", dtype="-",
+                                       message="Traceback ...\nRuntimeError: <b>x</b>"))
+    elif mutate == "broken_diagnostics":
+        impl["results"][1]["worst"]["diagnostics"] = {"maps": [{"mask": None, "unsupported": "no bool masks"},
+                                                               {"mask": [[1]], "reference": None}],
+                                                      "entropy": {"overall": None, "per_case": {"x": None}}}
+    elif mutate == "ablation":
+        impl["results"].append(_result("test_head_ablation", suite="model", tier="info", worst={"ablation": {
+            "layers": 2, "heads": 3, "metric": "loss increase", "impact": [[0.1, 0.5, 0.0], [1.2, "n/a", 0.3]]}}))
+    elif mutate == "broken_ablation":
+        impl["results"].append(_result("test_head_ablation", suite="model", worst={"ablation": {"impact": "?"}}))
+    elif mutate == "bad_throughput":
+        rep["throughput"] = ["x", {"impl": 1}, {"shape": None, "median_ms": "fast"}]
+    elif mutate == "missing_keys":
+        rep = {"schema_version": 1, "implementations": [{"name": "n", "results": [{"status": "weird"}]}]}
+    html = html_report.render(rep, None)
+    parse(html)
+    if mutate == "ablation":
+        assert "head ablation" in html.lower() and html.count("data:image/png") >= 3
+        assert "layer" in html
+
+
+def test_write_all_writes_html(tmp_path):
+    rep = _report([_impl("a", [_result("p")]), _impl("b", [_result("p", "fail", message="bad")], "fail")])
+    paths = R.write_all(rep, tmp_path, junit=str(tmp_path / "j.xml"))
+    assert paths["html"].exists()
+    page = parse(paths["html"].read_text())
+    assert {"a", "b"} <= set(" ".join(page.text).split())
+    ET.parse(paths["junit"])
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="no headless Chromium here")
+def test_renders_in_headless_chromium(tmp_path):
+    p = tmp_path / "report.html"
+    p.write_text(html_report.render(_hostile_report(), None))
+    out = subprocess.run(["/usr/bin/chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
+                          p.as_uri()], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Comparison matrix" in out.stdout and "alert(1)</script>" not in out.stdout
+
+
+# --- diagnostics units ------------------------------------------------------------------------
+
+def test_entropy_stats_extremes():
+    vis = torch.ones(1, 2, 3, 4, dtype=torch.bool)
+    vis[0, :, 0, 1:] = False  # row 0: one visible key, excluded
+    uniform = vis.double() / vis.double().sum(-1, keepdim=True)
+    onehot = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    onehot[..., 0] = 1
+    su, so = D.entropy_stats(uniform, vis), D.entropy_stats(onehot, vis)
+    assert su["rows"] == so["rows"] == 4
+    assert math.isclose(su["mean"], 1.0) and su["diffuse"] == 1.0 and su["histogram"][-1] == 4
+    assert so["mean"] == 0.0 and so["collapse"] == 1.0 and so["histogram"][0] == 4
+    assert su["per_head"] == [1.0, 1.0]
+    cmp = D.compare_entropy(onehot, uniform, vis)
+    assert cmp["mean_delta"] == -1.0 and cmp["flags"]
+    assert not D.compare_entropy(uniform, uniform, vis)["flags"]
+
+
+def test_attention_maps_unsupported_and_pictures(tmp_path):
+    def no_masks(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is not None:
+            raise NotImplementedError("no masks")
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=is_causal,
+                                                                scale=scale, enable_gqa=enable_gqa)
+
+    maps = D.attention_maps(no_masks)
+    by = {m["key"]: m for m in maps}
+    assert by["causal"]["unsupported"] is None and by["causal"]["leaked"] == 0
+    assert by["padding"]["unsupported"] and by["padding"]["implementation"] is None
+    assert by["padding"]["reference"] is not None and by["padding"]["mask"][0][:6] == [1] * 5 + [0]
+    for m in maps:
+        assert m["which"] == "batch 0, head 0" and m["title"] and m["case"].startswith("Case(")
+    assert D.plot_maps(maps, tmp_path / "m.png") == tmp_path / "m.png"
+    d = D.diagnose("sdpa")
+    assert D.plot_entropy(d["entropy"], tmp_path / "e.png") == tmp_path / "e.png"
+    for f in ("m.png", "e.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
