@@ -103,6 +103,7 @@ def pytest_configure(config):
     # Deterministic: fixed seed, no example database; shrinking stays on so failures are small.
     n = PROFILES[profile]
     kw = dict(max_examples=n, deadline=None, database=None, derandomize=False, print_blob=False,
+              report_multiple_bugs=False,  # shrink one failure well rather than several slowly
               suppress_health_check=list(HealthCheck))
     if hc.case:
         kw.update(max_examples=1, phases=[Phase.explicit, Phase.generate])
