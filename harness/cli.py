@@ -115,7 +115,7 @@ def cmd_check(args) -> int:
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
                         suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,
-                        case=args.case, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
+                        case=args.case, example=args.example, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
                         forward_factor=args.forward_factor, backward_factor=args.backward_factor)
     from harness.pytest_plugin import DEFAULT_SEED
 
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict", action="store_true", help="strict-tier properties fail the gate too")
     c.add_argument("--seed", type=int, default=None, help="hypothesis seed (default fixed; printed with failures)")
     c.add_argument("--case", default=None, metavar="REPR", help="replay exactly this Case(...) (from a repro command)")
+    c.add_argument("--example", default=None, metavar="JSON",
+                   help="with --case: the counterexample's other drawn arguments (from a repro command)")
     c.add_argument("--report-dir", default=None, metavar="DIR", help="default reports/<timestamp>/")
     c.add_argument("--junit", default=None, metavar="FILE", help="also write JUnit XML here")
     c.add_argument("--call-timeout", type=float, default=30.0, help="seconds one kernel call may take (default 30)")

@@ -45,6 +45,8 @@ def pytest_addoption(parser):
                 help=f"hypothesis seed (default {DEFAULT_SEED}; printed with every failure)")
     g.addoption("--case", default=None, metavar="REPR",
                 help="replay exactly this Case(...) instead of generating cases (from a report's repro)")
+    g.addoption("--example", default=None, metavar="JSON",
+                help="with --case: the other drawn arguments of the counterexample, e.g. '{\"cut\": 0.5}'")
     g.addoption("--harness-results", default=None, metavar="FILE", help="write per-property results as JSON")
     g.addoption("--harness-progress", action="store_true", default=False,
                 help="print one machine-readable progress line per property to stderr")
@@ -66,6 +68,7 @@ class HarnessConfig:
     strict: bool
     seed: int
     case: Optional[str]
+    example: Optional[dict] = None
     forward_factor: float = 2.0
     backward_factor: float = 3.0
     impls: dict = field(default_factory=dict)
@@ -94,8 +97,13 @@ def pytest_configure(config):
     seed = config.getoption("--seed")
     if seed is None:
         seed = DEFAULT_SEED
+    example = config.getoption("--example")
+    try:
+        example = json.loads(example) if example else None
+    except ValueError as e:
+        raise pytest.UsageError(f"--example is not valid JSON: {e}")
     hc = HarnessConfig(specs, dtypes, device, profile, config.getoption("--strict-properties"), seed,
-                       config.getoption("--case"), config.getoption("--forward-factor"),
+                       config.getoption("--case"), example, config.getoption("--forward-factor"),
                        config.getoption("--backward-factor"))
     config._attention_harness = hc
     strategies.set_profile(profile)
@@ -151,6 +159,7 @@ class Target:
         self.item = item
         self.cases = 0
         self.last_case = None
+        self.last_extras: dict = {}
         self.worst: dict = {}
         self.notes: list = []
 
@@ -220,6 +229,29 @@ def target(request, target_key):
 
 # --- results ---------------------------------------------------------------------------------
 
+def pytest_collection_modifyitems(session, config, items):
+    """Record every example's other drawn arguments (cut points, perturbation kinds...) so a
+    counterexample replays exactly; with --case/--example, replace them. Hypothesis exposes
+    ``inner_test`` for wrappers like this one."""
+    hc = _config(config)
+    for item in items:
+        h = getattr(getattr(item, "obj", None), "hypothesis", None)
+        if h is None or getattr(h.inner_test, "_harness_wrapped", False):
+            continue
+        inner = h.inner_test
+
+        def recording(*args, __inner=inner, **kwargs):
+            t = kwargs.get("target")
+            if isinstance(t, Target):
+                if hc.case and hc.example:
+                    kwargs.update({k: v for k, v in hc.example.items() if k in kwargs})
+                t.last_extras = {k: v for k, v in kwargs.items() if k not in ("target", "case", "target_key")}
+            return __inner(*args, **kwargs)
+
+        recording._harness_wrapped = True
+        h.inner_test = recording
+
+
 def _tier(item) -> str:
     m = item.get_closest_marker("tier")
     return m.args[0] if m else "gate"
@@ -260,11 +292,13 @@ def _message(excinfo) -> str:
     return "\n".join(lines)
 
 
-def _repro(item, hc, spec, dtype, case) -> str:
+def _repro(item, hc, spec, dtype, case, extras=None) -> str:
     cmd = ["attn-harness", "check", "--impl", spec, "--device", hc.device, "--dtype", dtype,
            "--suite", _suite(item), "--property", item.originalname, "--seed", str(hc.seed)]
     if case is not None:
         cmd += ["--case", repr(case)]
+        if extras:
+            cmd += ["--example", json.dumps(extras)]
     return shlex.join(cmd)
 
 
@@ -317,8 +351,20 @@ def _clean_skip(reason: str) -> str:
     return r.replace("unsupported: ", "", 1).strip()
 
 
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except (TypeError, ValueError):
+            out[k] = repr(v)
+    return out
+
+
 def _store(item, hc, spec, dtype, tier, status, message, t, rep):
     case = t.last_case if (t is not None and status in ("fail", "error")) else None
+    extras = _jsonable(t.last_extras) if case is not None else None
     res = {
         "suite": _suite(item), "property": item.originalname, "tier": tier, "dtype": dtype,
         "device": hc.device, "impl": spec, "status": status,
@@ -327,12 +373,14 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         "message": message,
         "counterexample": (case.to_dict() if case is not None else None),
         "counterexample_text": (case.short() if case is not None else None),
-        "repro": _repro(item, hc, spec, dtype, case) if status in ("fail", "error") else "",
+        "counterexample_extra": extras,
+        "repro": _repro(item, hc, spec, dtype, case, extras) if status in ("fail", "error") else "",
         "seed": hc.seed, "duration_s": round(getattr(rep, "duration", 0.0), 3),
         "doc": ((item.function.__doc__ or "").strip().split("\n")[0]),
     }
     if status in ("fail", "error") and case is not None:
-        res["message"] = f"{message}\ncounterexample: {case.short()}\nseed: {hc.seed}"
+        more = "".join(f", {k}={v!r}" for k, v in (extras or {}).items())
+        res["message"] = f"{message}\ncounterexample: {case.short()}{more}\nseed: {hc.seed}"
     item.config._attention_harness_results.append(res)
     if item.config.getoption("--harness-progress"):
         _progress(item.config, {"impl": spec, "suite": res["suite"], "property": res["property"],

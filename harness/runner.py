@@ -45,6 +45,7 @@ class CheckOptions:
     strict: bool = False
     seed: Optional[int] = None
     case: Optional[str] = None
+    example: Optional[str] = None
     call_timeout: float = 30.0
     impl_timeout: float = 1800.0
     forward_factor: float = 2.0
@@ -74,6 +75,8 @@ def _pytest_command(opts: CheckOptions, spec: str, results_path: str) -> list:
         cmd += ["-k", " or ".join(opts.properties)]
     if opts.case:
         cmd += ["--case", opts.case]
+    if opts.example:
+        cmd += ["--example", opts.example]
     return cmd + list(opts.extra_pytest_args)
 
 
