@@ -432,11 +432,21 @@ def _environment(report: dict) -> str:
     return out
 
 
+def _strict_notes(report: dict) -> str:
+    import re
+
+    notes = R.strict_notes(report)
+    # The notes are Markdown with **name**: turn that into escaped HTML.
+    items = "".join("<li>" + re.sub(r"\*\*(.+?)\*\*", lambda m: f"<b>{m.group(1)}</b>", esc(n)) + "</li>" for n in notes)
+    return f"<ul>{items}</ul>" if notes else ""
+
+
 def render(report: dict, report_dir=None) -> str:
     """The whole page as a string (``report_dir`` is accepted for the writer's signature; the page
     is self-contained and writes nothing there)."""
     body = [_safe(_header, report),
             _section("Comparison matrix", _matrix, report),
+            _section("Strict-tier findings", _strict_notes, report),
             _section("Semantic fingerprints", _fingerprints, report),
             _section("Failures", _failures, report),
             _section("Throughput", _throughput, report),

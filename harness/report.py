@@ -126,6 +126,25 @@ def _md_escape(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+# Plain-language consequences of strict-tier failures, written into the report next to the matrix.
+STRICT_NOTES = {
+    "test_nan_in_masked_slots": (
+        "NaN or Inf stored in masked key/value slots reaches visible outputs: an uninitialised KV-cache "
+        "slot or a poisoned padding position corrupts real tokens even though the mask forbids it. torch "
+        "SDPA does this on CPU today (pytorch#101967); zero or sanitise masked slots before calling it."),
+    "test_deterministic": "The same input twice gives different outputs (nondeterministic forward).",
+}
+
+
+def strict_notes(report: dict) -> list:
+    notes = []
+    for impl in report["implementations"]:
+        for prop, text in STRICT_NOTES.items():
+            if any(r["property"] == prop and r["status"] == "fail" for r in impl["results"]):
+                notes.append(f"**{impl['name']}**: {text}")
+    return notes
+
+
 def to_markdown(report: dict) -> str:
     from tabulate import tabulate
 
@@ -144,6 +163,10 @@ def to_markdown(report: dict) -> str:
     headers, rows = matrix_rows(report)
     lines.append(tabulate([[_md_escape(c) for c in r] for r in rows], headers=headers, tablefmt="github"))
     lines.append("")
+    notes = strict_notes(report)
+    if notes:
+        lines += ["## Strict-tier findings" + ("" if o.get("strict") else " (reported; they fail the run only with --strict)"), ""]
+        lines += [f"- {n}" for n in notes] + [""]
     fps = [(i["name"], next((r["worst"].get("fingerprint") for r in i["results"]
                              if r["property"] == "test_fingerprint" and r.get("worst")), None))
            for i in report["implementations"]]
