@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import random
 import statistics

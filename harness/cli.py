@@ -140,6 +140,9 @@ def cmd_check(args) -> int:
             rep["implementations"] = [finished[i] for i in sorted(finished)]
             paths.update(R.write_all(rep, report_dir, args.junit))
         progress.finish(entry["verdict"], res["duration_s"])
+        if entry["verdict"] == "unsupported":
+            sys.stderr.write(f"    {impl.name}: no gate property could run within its declared capabilities "
+                             f"(device {args.device}, dtypes {','.join(options['dtypes'])}): nothing was certified\n")
         return entry["verdict"]
 
     try:

@@ -77,7 +77,8 @@ def _shape_key(shape) -> str:
 
 
 def _tp_key(e: dict) -> tuple:
-    return (e.get("impl"), e.get("mode"), _shape_key(e.get("shape")), e.get("dtype"))
+    return (e.get("impl"), e.get("mode"), e.get("direction", "forward"), _shape_key(e.get("shape")),
+            e.get("dtype"), e.get("device"))
 
 
 def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdown: float = 0.05,

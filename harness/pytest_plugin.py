@@ -22,8 +22,8 @@ import pytest
 
 PROFILES = {
     # hypothesis examples per property (times the per-test weight) and the sizes used.
-    "quick": 6,
-    "default": 16,
+    "quick": 8,
+    "default": 25,
     "thorough": 150,
 }
 TIERS = ("gate", "strict", "info")

@@ -10,7 +10,8 @@ Schema (``schema_version`` 1)::
      "options": {"device", "dtypes", "profile", "suites", "strict", "seed", "forward_factor", "backward_factor"},
      "environment": {"torch", "python", "platform", "device", "cpu", "cuda", "driver", "gpu"},
      "implementations": [
-        {"name", "spec", "verdict": "pass"|"fail", "capabilities": {...}, "description",
+        {"name", "spec", "verdict": "pass"|"fail"|"unsupported" (no gate property could run),
+         "capabilities": {...}, "description",
          "duration_s", "log", "problem",
          "results": [{"suite", "property", "tier": "gate"|"strict"|"info", "dtype", "device",
                       "status": "pass"|"fail"|"error"|"skip"|"unsupported", "cases",
