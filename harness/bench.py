@@ -45,7 +45,8 @@ import torch
 
 from harness.cases import DTYPES, Case, Inputs
 from harness.contract import ALL_DTYPES, Implementation
-from harness.tolerance import BACKWARD_FACTOR, FORWARD_FACTOR, compare
+from harness.calculators import bytes_per_element
+from harness.tolerance import BACKWARD_FACTOR, FORWARD_FACTOR
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -191,9 +192,6 @@ def parse_shapes(text: Optional[str], device: str = "cpu") -> list:
 
 
 # --- formulas --------------------------------------------------------------------------------
-
-def bytes_per_element(dtype: str) -> int:
-    return torch.empty((), dtype=DTYPES[dtype]).element_size()
 
 
 def forward_flops(shape: Shape) -> float:
@@ -380,19 +378,12 @@ class ShapeData:
         return self._grads[same_dtype]
 
 
-def _rows(impl: Implementation, inp: Inputs, out: torch.Tensor):
-    if impl.capabilities.fully_masked_rows == "zero":
-        return None
-    return inp.has_visible.to(out.device)
-
-
 def judge_output(impl: Implementation, out: torch.Tensor, inp: Inputs, ref, baseline, logit_absmax,
                  factor: float, what: str):
-    """compare() against the float64 reference; PropertyViolation with the numbers when over."""
-    from harness.probes import PropertyViolation
+    """probes.compare_output with cached reference numbers; PropertyViolation when over."""
+    from harness.probes import PropertyViolation, compare_output
 
-    cmp = compare(out, ref.to(out.device), baseline.to(out.device), inp.q.dtype, factor,
-                  rows=_rows(impl, inp, out), logit_absmax=logit_absmax.to(out.device))
+    cmp = compare_output(out, inp, impl.capabilities, factor, ref, baseline, logit_absmax=logit_absmax)
     if not cmp.ok:
         raise PropertyViolation(cmp.describe(what))
     return cmp
@@ -425,24 +416,12 @@ def check_backward(impl: Implementation, data: ShapeData, factor: float = BACKWA
 
 
 def judge_grads(got, data: "ShapeData", factor: float, where: str):
-    """dq, dk, dv against the cached reference gradients, each with the floor measured at its
-    natural magnitude (as suites/test_backward.py does: dq ~ scale |dO| |v| |k|, dk ~ scale
-    |dO| |v| |q|, dv ~ |dO|), so a row whose true gradient is zero (the first causal row's dq)
-    is not held to a zero baseline error."""
-    from harness.probes import PropertyViolation
+    """dq, dk, dv against the cached reference gradients (probes.compare_grads); the worst one."""
+    from harness.probes import PropertyViolation, compare_grads
 
-    inp = data.inputs
-    ref, base = data.grads(False), data.grads(True)
-    cot = data.cotangent()
-    sc = data.check.E ** -0.5
-    amax = lambda t: float(t.detach().double().abs().max()) if t.numel() else 0.0  # noqa: E731
-    mags = {"dq": sc * amax(cot) * amax(inp.v) * amax(inp.k), "dk": sc * amax(cot) * amax(inp.v) * amax(inp.q),
-            "dv": amax(cot)}
-    absmax = float(data.logit_absmax.max())
     worst = None
-    for name, g, r, b in zip(("dq", "dk", "dv"), got, ref, base):
-        cmp = compare(g, r.to(g.device), b.to(g.device), inp.q.dtype, factor, scale=mags[name],
-                      logit_absmax=absmax)
+    for name, cmp in compare_grads(got, data.grads(False), data.grads(True), data.inputs, data.cotangent(),
+                                   factor, float(data.logit_absmax.max())):
         if not cmp.ok:
             raise PropertyViolation(cmp.describe(f"{name} ({where})"))
         if worst is None or cmp.worst_ratio > worst.worst_ratio:
@@ -989,7 +968,7 @@ def run_bench(impls: list, shapes: list, *, device: str = "cpu", dtype: str = "f
 
 def _cmd_bench(args) -> int:
     from harness import report as R
-    from harness.contract import LoadError, load
+    from harness.contract import LoadError, load_all
 
     def usage(msg):
         sys.stderr.write(f"attn-harness bench: error: {msg}\n")
@@ -1014,18 +993,12 @@ def _cmd_bench(args) -> int:
             baseline = load_baseline(args.baseline)
         except (OSError, ValueError) as e:
             return usage(f"--baseline: {e}")
-    impls = []
-    for spec in args.impl:
-        try:
-            impls.append(load(spec))
-        except LoadError as e:
-            if args.traceback:
-                raise
-            return usage(str(e))
-    names = [i.name for i in impls]
-    for i, n in enumerate(names):
-        if names.count(n) > 1:
-            impls[i].name = impls[i].spec
+    try:
+        impls = load_all(args.impl)
+    except LoadError as e:
+        if args.traceback:
+            raise
+        return usage(str(e))
     report_dir = Path(args.report_dir or Path("reports") / ("bench-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
     options = {"device": args.device, "dtype": dtype, "dtypes": [dtype], "shapes": args.shapes or "default",
                "backward": args.backward, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,

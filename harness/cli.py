@@ -81,7 +81,7 @@ def cmd_list(args) -> int:
 
 def cmd_check(args) -> int:
     from harness import report as R
-    from harness.contract import LoadError, load
+    from harness.contract import LoadError, load_all
     from harness.runner import CheckOptions, available_suites, run_one
 
     if not args.impl:
@@ -100,18 +100,12 @@ def cmd_check(args) -> int:
 
         if not torch.cuda.is_available():
             return _usage_error("--device cuda, but CUDA is not available on this machine")
-    impls = []
-    for spec in args.impl:
-        try:
-            impls.append(load(spec))
-        except LoadError as e:
-            if args.traceback:
-                raise
-            return _usage_error(str(e))
-    names = [i.name for i in impls]
-    for i, n in enumerate(names):  # two specs may load functions with the same name
-        if names.count(n) > 1:
-            impls[i].name = impls[i].spec
+    try:
+        impls = load_all(args.impl)
+    except LoadError as e:
+        if args.traceback:
+            raise
+        return _usage_error(str(e))
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
                         suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,

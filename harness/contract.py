@@ -227,3 +227,14 @@ def load(spec: str) -> Implementation:
     if target.endswith(".py") or os.sep in target or "/" in target:
         return _load_file(target, attr, spec)
     return _load_module(target, attr, spec)
+
+
+def load_all(specs) -> list:
+    """Load several specs (LoadError on the first that fails); two specs that load functions with
+    the same name are told apart by their spec strings."""
+    impls = [load(spec) for spec in specs]
+    names = [i.name for i in impls]
+    for i, n in enumerate(names):
+        if names.count(n) > 1:
+            impls[i].name = impls[i].spec
+    return impls

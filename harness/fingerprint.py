@@ -16,13 +16,29 @@ from harness.cases import Case
 from harness.reference import attention_reference
 
 
-def _inputs(dtype: str, device: str, **kw):
-    return Case(dtype=dtype, device=device, **kw).materialize()
+# The fixed probe inputs, by fingerprint entry; a failing gate test reports its case from here.
+CASES = {
+    "causal_alignment": Case(L=2, S=4, E=8, Ev=8, policy="causal()", mask="is_causal"),
+    "mask_polarity": Case(L=2, S=4, E=8, Ev=8, policy="key_padding([3])", mask="bool", mask_shape="B11S"),
+    "fully_masked_rows": Case(L=2, S=3, E=8, Ev=8, mask="bool", mask_shape="LS"),
+    "default_scale": Case(L=3, S=5, E=16, Ev=8, seed=3),
+    "explicit_scale_honoured": Case(L=3, S=5, E=16, Ev=8, seed=4, scale=0.9),
+    "gqa_mapping": Case(B=1, H=4, Hkv=2, L=1, S=2, E=8, Ev=8),
+    "deterministic": Case(B=2, H=2, Hkv=2, L=33, S=33, E=16, Ev=16, seed=5),
+}
+
+
+def case_for(name: str, dtype: str = "float32", device: str = "cpu") -> Case:
+    return CASES[name].replace(dtype=dtype, device=device)
+
+
+def _inputs(name: str, dtype: str, device: str):
+    return case_for(name, dtype, device).materialize()
 
 
 def causal_alignment(impl, dtype="float32", device="cpu") -> str:
     """top_left | bottom_right | none (is_causal ignored) | other."""
-    inp = _inputs(dtype, device, L=2, S=4, E=8, Ev=8, policy="causal()", mask="is_causal")
+    inp = _inputs("causal_alignment", dtype, device)
     w = probes.effective_weights(impl, inp)[0, 0] > 0
     tl = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
     br = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
@@ -37,7 +53,7 @@ def causal_alignment(impl, dtype="float32", device="cpu") -> str:
 
 def mask_polarity(impl, dtype="float32", device="cpu") -> str:
     """'true=keep' (SDPA) | 'true=mask' (nn.MultiheadAttention) | 'ignored' | 'other'."""
-    inp = _inputs(dtype, device, L=2, S=4, E=8, Ev=8, policy="key_padding([3])", mask="bool", mask_shape="B11S")
+    inp = _inputs("mask_polarity", dtype, device)
     w = probes.effective_weights(impl, inp)[0, 0]
     keep = inp.attn_mask.reshape(-1)
     if bool((w[:, ~keep] == 0).all()) and bool((w[:, keep] > 0).all()):
@@ -51,7 +67,7 @@ def mask_polarity(impl, dtype="float32", device="cpu") -> str:
 
 def fully_masked_rows(impl, dtype="float32", device="cpu") -> str:
     """zero | nan | uniform | other, for a query row whose every key is masked out."""
-    inp = _inputs(dtype, device, L=2, S=3, E=8, Ev=8, mask="bool", mask_shape="LS")
+    inp = _inputs("fully_masked_rows", dtype, device)
     m = torch.tensor([[True, True, False], [False, False, False]], device=inp.q.device)
     inp = inp.replace(attn_mask=m, visible=m.expand(1, 1, 2, 3))
     out = probes.call(impl, inp).detach().double()[0, 0, 1]
@@ -66,7 +82,7 @@ def fully_masked_rows(impl, dtype="float32", device="cpu") -> str:
 
 def default_scale(impl, dtype="float32", device="cpu") -> str:
     """'1/sqrt(E)' | '1' | 'other' for scale=None, and whether an explicit scale is honoured."""
-    inp = _inputs(dtype, device, L=3, S=5, E=16, Ev=8, seed=3)
+    inp = _inputs("default_scale", dtype, device)
     out = probes.call(impl, inp).detach().double()
     cands = {"1/sqrt(E)": 1 / math.sqrt(16), "1": 1.0, "1/E": 1 / 16}
     errs = {k: float((out - attention_reference(inp.q, inp.k, inp.v, scale=s)).abs().max()) for k, s in cands.items()}
@@ -75,14 +91,14 @@ def default_scale(impl, dtype="float32", device="cpu") -> str:
 
 
 def explicit_scale_honoured(impl, dtype="float32", device="cpu") -> bool:
-    inp = _inputs(dtype, device, L=3, S=5, E=16, Ev=8, seed=4, scale=0.9)
+    inp = _inputs("explicit_scale_honoured", dtype, device)
     out = probes.call(impl, inp).detach().double()
     return float((out - inp.reference()).abs().max()) < 0.05
 
 
 def gqa_mapping(impl, dtype="float32", device="cpu") -> str:
     """'interleave' (h reads kv head h // (H/Hkv), SDPA) | 'tile' (h reads h % Hkv) | 'other'."""
-    inp = _inputs(dtype, device, B=1, H=4, Hkv=2, L=1, S=2, E=8, Ev=8)
+    inp = _inputs("gqa_mapping", dtype, device)
     v = torch.zeros_like(inp.v)
     v[:, 0] = 1.0  # kv head 0 carries ones, kv head 1 zeros
     out = probes.call(impl, inp, v=v).detach().double()[0, :, 0, 0]
@@ -95,7 +111,7 @@ def gqa_mapping(impl, dtype="float32", device="cpu") -> str:
 
 
 def deterministic(impl, dtype="float32", device="cpu") -> bool:
-    inp = _inputs(dtype, device, B=2, H=2, Hkv=2, L=33, S=33, E=16, Ev=16, seed=5)
+    inp = _inputs("deterministic", dtype, device)
     a = probes.call(impl, inp).detach()
     b = probes.call(impl, inp).detach()
     return bool(torch.equal(a, b))

@@ -108,6 +108,20 @@ def effective_weights(impl: Implementation, inp: Inputs) -> torch.Tensor:
     return torch.cat(cols, dim=-1)
 
 
+def assert_no_forbidden_weight(w: torch.Tensor, inp: Inputs, what: str):
+    """Effective weights (from :func:`effective_weights`) exactly zero on every (query, key) pair
+    the case forbids, and some weight on a visible key in every row that has one."""
+    leak = (w != 0) & ~inp.visible
+    if bool(leak.any()):
+        b, h, i, j = (int(x) for x in leak.nonzero()[0])
+        raise PropertyViolation(f"{int(leak.sum())} {what} (query, key) pairs get weight; first: query {i} -> "
+                                f"key {j} (b={b}, h={h}) weight {float(w[b, h, i, j]):.3g}")
+    missing = inp.has_visible & ~(w > 0).any(-1)
+    if bool(missing.any()):
+        b, h, i = (int(x) for x in missing.nonzero()[0])
+        raise PropertyViolation(f"query {i} (b={b}, h={h}) gives no weight to any visible key")
+
+
 def blocked_rows(inp: Inputs, keys: torch.Tensor) -> torch.Tensor:
     """(B, H, L) rows that may read none of the keys in ``keys`` ((B, Hkv, S) or (S,) bool):
     whatever is stored at those keys must not reach these rows."""
@@ -210,21 +224,46 @@ def assert_zero(t: torch.Tensor, where: torch.Tensor, what: str):
                                 f"gradient do not (max |grad| {float(vals.abs().nan_to_num(float('inf')).max()):.3g})")
 
 
-def judge(target, out: torch.Tensor, inp: Inputs, what: str = "output", ref: Optional[torch.Tensor] = None,
-          baseline: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None):
-    """Hold ``out`` to the dtype-aware bound against the float64 reference, per row; record the
-    worst ratio on the target; raise PropertyViolation with the numbers when over."""
+def compare_output(out: torch.Tensor, inp: Inputs, caps, factor: float, ref: Optional[torch.Tensor] = None,
+                   baseline: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None,
+                   logit_absmax: Optional[torch.Tensor] = None):
+    """``out`` against the float64 reference under the dtype-aware per-row bound. Rows without a
+    visible key count only when the implementation declares they are zero."""
     from harness.tolerance import compare
 
     ref = inp.reference() if ref is None else ref
     baseline = inp.baseline() if baseline is None else baseline
-    if rows is None:
-        rows = torch.ones(out.shape[:-1], dtype=torch.bool, device=out.device)
-        if target.caps.fully_masked_rows != "zero":
-            rows = inp.has_visible.to(out.device)  # declared (or undefined) behaviour elsewhere
-    cmp = compare(out, ref.to(out.device), baseline.to(out.device), inp.q.dtype, target.forward_factor,
-                  rows=rows, logit_absmax=inp.logit_absmax().to(out.device))
+    logit_absmax = inp.logit_absmax() if logit_absmax is None else logit_absmax
+    if rows is None and caps.fully_masked_rows != "zero":
+        rows = inp.has_visible.to(out.device)  # declared (or undefined) behaviour elsewhere
+    return compare(out, ref.to(out.device), baseline.to(out.device), inp.q.dtype, factor, rows=rows,
+                   logit_absmax=logit_absmax.to(out.device))
+
+
+def judge(target, out: torch.Tensor, inp: Inputs, what: str = "output", ref: Optional[torch.Tensor] = None,
+          baseline: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None):
+    """Hold ``out`` to the bound (:func:`compare_output`); record the worst ratio on the target;
+    raise PropertyViolation with the numbers when over."""
+    cmp = compare_output(out, inp, target.caps, target.forward_factor, ref, baseline, rows)
     target.record(cmp)
     if not cmp.ok:
         raise PropertyViolation(cmp.describe(what))
     return cmp
+
+
+def compare_grads(got, ref, base, inp: Inputs, cotangent: torch.Tensor, factor: float,
+                  logit_absmax: Optional[float] = None) -> list:
+    """[(name, Comparison)] for dq, dk, dv against float64 autograd with the same-dtype gradients
+    as the baseline. Each floor is measured at the gradient's natural magnitude (dq ~ scale |dO|
+    |v| |k|, dk ~ scale |dO| |v| |q|, dv ~ |dO|), so a row whose true gradient is zero (the first
+    causal row's dq) is not held to a zero baseline error."""
+    from harness.tolerance import compare
+
+    sc = inp.scale if inp.scale is not None else inp.q.shape[-1] ** -0.5
+    amax = lambda t: float(t.detach().double().abs().max()) if t.numel() else 0.0  # noqa: E731
+    mags = {"dq": sc * amax(cotangent) * amax(inp.v) * amax(inp.k),
+            "dk": sc * amax(cotangent) * amax(inp.v) * amax(inp.q), "dv": amax(cotangent)}
+    absmax = float(inp.logit_absmax().max()) if logit_absmax is None else logit_absmax
+    return [(name, compare(g, r.to(g.device), b.to(g.device), inp.q.dtype, factor, scale=mags[name],
+                           logit_absmax=absmax))
+            for name, g, r, b in zip(("dq", "dk", "dv"), got, ref, base)]

@@ -74,13 +74,8 @@ def test_policy_weights_zero(target, case):
     target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
-    w = probes.effective_weights(target.impl, inp)
-    leak = (w != 0) & ~inp.visible
-    if bool(leak.any()):
-        b, h, i, j = (int(x) for x in leak.nonzero()[0])
-        raise probes.PropertyViolation(
-            f"{int(leak.sum())} forbidden (query, key) pairs get weight under {case.policy}; first: query {i} -> "
-            f"key {j} (b={b}, h={h}) weight {float(w[b, h, i, j]):.3g}")
+    probes.assert_no_forbidden_weight(probes.effective_weights(target.impl, inp), inp,
+                                      f"forbidden under {case.policy}")
 
 
 @given(case=hs.cases(**POLICIES), which=st.integers(0, 63))

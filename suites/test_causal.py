@@ -49,17 +49,7 @@ def test_exercise2_future_weights_zero(target, case):
     (weights read off with one-hot values)."""
     case = target.fit(case)
     inp = case.materialize()
-    w = probes.effective_weights(target.impl, inp)
-    leak = (w != 0) & ~inp.visible
-    if bool(leak.any()):
-        b, h, i, j = (int(x) for x in leak.nonzero()[0])
-        raise probes.PropertyViolation(
-            f"{int(leak.sum())} future (query, key) pairs get weight; first: query {i} -> key {j} "
-            f"(b={b}, h={h}) weight {float(w[b, h, i, j]):.3g}")
-    missing = (inp.has_visible & ~(w > 0).any(-1))
-    if bool(missing.any()):
-        b, h, i = (int(x) for x in missing.nonzero()[0])
-        raise probes.PropertyViolation(f"query {i} (b={b}, h={h}) gives no weight to any visible key")
+    probes.assert_no_forbidden_weight(probes.effective_weights(target.impl, inp), inp, "future")
 
 
 @given(case=hs.cases(**CAUSAL), cut=st.floats(0, 1))

@@ -21,8 +21,9 @@ def test_fingerprint(target):
     target.record(fingerprint=fp)
 
 
-def _expect(target, name, got, want):
+def _expect(target, name, probe, got, want):
     target.cases += 1
+    target.last_case = F.case_for(probe, target.dtype, target.device)
     target.record(detected=got, declared=want)
     if got != want:
         raise probes.PropertyViolation(f"{name}: detected {got!r}, the declared contract says {want!r}")
@@ -31,38 +32,39 @@ def _expect(target, name, got, want):
 def test_causal_alignment(target):
     """is_causal with L != S is aligned as declared (top-left for plain SDPA callables)."""
     target.require(is_causal=True)
-    _expect(target, "causal alignment (L=2, S=4)", F.causal_alignment(target.impl, target.dtype, target.device),
+    _expect(target, "causal alignment (L=2, S=4)", "causal_alignment", F.causal_alignment(target.impl, target.dtype, target.device),
             target.caps.causal)
 
 
 def test_mask_polarity(target):
     """Boolean masks: True means the key takes part."""
     target.require(mask_kind="bool")
-    _expect(target, "boolean mask polarity", F.mask_polarity(target.impl, target.dtype, target.device), "true=keep")
+    _expect(target, "boolean mask polarity", "mask_polarity", F.mask_polarity(target.impl, target.dtype, target.device), "true=keep")
 
 
 def test_default_scale(target):
     """scale=None means 1/sqrt(E), and an explicit scale is honoured."""
-    _expect(target, "default scale", F.default_scale(target.impl, target.dtype, target.device), "1/sqrt(E)")
+    _expect(target, "default scale", "default_scale", F.default_scale(target.impl, target.dtype, target.device), "1/sqrt(E)")
     if not F.explicit_scale_honoured(target.impl, target.dtype, target.device):
+        target.last_case = F.case_for("explicit_scale_honoured", target.dtype, target.device)
         raise probes.PropertyViolation("an explicit scale=0.9 is not honoured")
 
 
 def test_gqa_head_mapping(target):
     """With enable_gqa, query head h reads kv head h // (H // Hkv)."""
     target.require(gqa=True)
-    _expect(target, "GQA head mapping (H=4, Hkv=2)", F.gqa_mapping(target.impl, target.dtype, target.device),
+    _expect(target, "GQA head mapping (H=4, Hkv=2)", "gqa_mapping", F.gqa_mapping(target.impl, target.dtype, target.device),
             "interleave")
 
 
 def test_fully_masked_rows(target):
     """A query row with no visible key gives the declared output (zero by default), never NaN."""
     target.require(mask_kind="bool", fully_masked_rows=True)
-    _expect(target, "fully masked row", F.fully_masked_rows(target.impl, target.dtype, target.device),
+    _expect(target, "fully masked row", "fully_masked_rows", F.fully_masked_rows(target.impl, target.dtype, target.device),
             target.caps.fully_masked_rows)
 
 
 @pytest.mark.tier("strict")
 def test_deterministic(target):
     """The same input twice gives bitwise-equal output."""
-    _expect(target, "deterministic forward", F.deterministic(target.impl, target.dtype, target.device), True)
+    _expect(target, "deterministic forward", "deterministic", F.deterministic(target.impl, target.dtype, target.device), True)
