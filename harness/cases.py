@@ -199,6 +199,13 @@ class Inputs:
         return attention_reference(self.q, self.k, self.v, causal_alignment=self.case.alignment,
                                    **{**self.kwargs(), **kw})
 
+    def value_scale(self) -> torch.Tensor:
+        """(B, H, L) the row's natural error scale: sum_j w_j |v_j| (its largest column). Rounding
+        in a weighted average is relative to the values averaged, not to the (possibly cancelled)
+        result."""
+        return attention_reference(self.q, self.k, self.v.detach().abs(), causal_alignment=self.case.alignment,
+                                   **self.kwargs()).amax(dim=-1)
+
     def logit_absmax(self, chunk: int = 1024) -> torch.Tensor:
         """(B, H, L) largest |scaled logit + float mask| over each row's visible keys."""
         from harness.reference import _expand_mask, _gqa_expand

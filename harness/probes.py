@@ -236,8 +236,10 @@ def compare_output(out: torch.Tensor, inp: Inputs, caps, factor: float, ref: Opt
     logit_absmax = inp.logit_absmax() if logit_absmax is None else logit_absmax
     if rows is None and caps.fully_masked_rows != "zero":
         rows = inp.has_visible.to(out.device)  # declared (or undefined) behaviour elsewhere
+    scale = inp.value_scale().to(out.device)
+    scale = torch.maximum(scale, ref.detach().abs().amax(dim=-1).to(out.device)) if ref.shape[-1] else scale
     return compare(out, ref.to(out.device), baseline.to(out.device), inp.q.dtype, factor, rows=rows,
-                   logit_absmax=logit_absmax.to(out.device))
+                   logit_absmax=logit_absmax.to(out.device), scale=scale)
 
 
 def judge(target, out: torch.Tensor, inp: Inputs, what: str = "output", ref: Optional[torch.Tensor] = None,
@@ -264,6 +266,8 @@ def compare_grads(got, ref, base, inp: Inputs, cotangent: torch.Tensor, factor: 
     mags = {"dq": sc * amax(cotangent) * amax(inp.v) * amax(inp.k),
             "dk": sc * amax(cotangent) * amax(inp.v) * amax(inp.q), "dv": amax(cotangent)}
     absmax = float(inp.logit_absmax().max()) if logit_absmax is None else logit_absmax
-    return [(name, compare(g, r.to(g.device), b.to(g.device), inp.q.dtype, factor, scale=mags[name],
-                           logit_absmax=absmax))
+    # A gradient row sums over many terms (dv over every query of every head in its GQA group),
+    # so its rounding scale is at least the tensor's largest true gradient, not its own value.
+    return [(name, compare(g, r.to(g.device), b.to(g.device), inp.q.dtype, factor,
+                           scale=max(mags[name], amax(r)), logit_absmax=absmax))
             for name, g, r, b in zip(("dq", "dk", "dv"), got, ref, base)]
