@@ -105,3 +105,18 @@ def test_fixture_is_small_and_consistent():
     d = torch.load(path, weights_only=True)
     assert d["q"].dtype == torch.float16 and d["q"].shape[:3] == (6, 6, 12)
     assert d["attention_mask"].dtype == torch.bool and d["attention_mask"].shape[0] == 6
+
+
+def test_every_model_property_is_proven_by_a_planted_bug(tmp_path):
+    """Each gate property of the model suite catches at least one planted bug."""
+    bugs = ["padding_mask_ignored", "causal_leaks_next", "mask_after_softmax"]
+    args = ["check", "--suite", "model", "--profile", "quick", "--jobs", "2", "--report-dir", str(tmp_path)]
+    for b in bugs:
+        args += ["--impl", f"fixtures/planted.py:{b}"]
+    r = run(*args)
+    assert r.returncode == 1, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    gate = {x["property"] for i in rep["implementations"] for x in i["results"] if x["tier"] == "gate"}
+    caught = {x["property"] for i in rep["implementations"] for x in i["results"]
+              if x["tier"] == "gate" and x["status"] == "fail"}
+    assert gate and gate == caught, f"not proven by any planted bug: {sorted(gate - caught)}"
