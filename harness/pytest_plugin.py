@@ -284,10 +284,12 @@ def _message(excinfo) -> str:
     exc = excinfo.value
     excs = list(getattr(exc, "exceptions", [exc]))
     lines = []
+    from harness.probes import ImplementationError
+
     for e in excs:
         head = str(e).strip() or type(e).__name__
-        if not isinstance(e, AssertionError):
-            head = head if head.startswith(("sdpa", "reference")) or ":" in head else f"{type(e).__name__}: {head}"
+        if not isinstance(e, (AssertionError, ImplementationError)):
+            head = f"{type(e).__name__}: {head}"  # an exception from the harness itself
         lines.append(head)
     return "\n".join(lines)
 
