@@ -2,6 +2,7 @@
 ship inside the wheel, the CLI and the pytest plugin find them."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,9 +22,14 @@ def venv(tmp_path_factory):
     py = d / "bin" / "python"
     # Build the wheel with this interpreter's setuptools (a new venv may carry an old one), then
     # install the wheel: exactly what `pip install .` does, without needing the network.
+    # From a clean copy: setuptools reuses a stale build/ folder, which can hide a package the
+    # wheel would otherwise miss.
+    src = tmp_path_factory.mktemp("src") / "attention-harness"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns("build", "*.egg-info", ".git", "reports", "__pycache__",
+                                                             ".hypothesis", "dist"))
     wheels = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
+                        "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(wheels.glob("attention_harness-*.whl"))
     r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
@@ -49,10 +55,21 @@ def test_check_from_an_unrelated_directory(venv, tmp_path):
                        cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (work / "out" / "report.md").exists()
-    # The suites ran from the installed wheel, not from this checkout.
-    loc = subprocess.run([str(venv / "bin" / "python"), "-c", "import harness.suites as s; print(s.__file__)"],
-                         cwd=work, capture_output=True, text=True, env=env).stdout
-    assert str(ROOT) not in loc and "site-packages" in loc
+    # Every module of the package comes from the installed wheel, not from this checkout (an
+    # editable install visible through system site-packages would otherwise hide a module the
+    # wheel forgot to ship).
+    code = ("import importlib, pkgutil, harness\n"
+            "for m in pkgutil.walk_packages(harness.__path__, 'harness.'):\n"
+            "    if m.name.endswith(('model', 'test_model', '__main__')):\n        continue\n"
+            "    print(m.name, importlib.import_module(m.name).__file__)\n")
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=work, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    mods = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
+    for name in ("harness.masks", "harness.masks.chat", "harness.suites.test_causal", "harness.fixtures.planted",
+                 "harness.cli", "harness.html_report"):
+        assert name in mods, f"{name} is not in the wheel"
+    outside = {n: f for n, f in mods.items() if not f.startswith(str(venv))}
+    assert not outside, f"imported from outside the installed wheel: {outside}"
     # And the pytest plugin path works the same way.
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "--pyargs", "harness.suites.test_isolation",
                         "--impl", "./my_attn.py:attn", "--profile", "quick", "-q", "-p", "no:cacheprovider"],
