@@ -51,7 +51,8 @@ class Progress:
                          f"({self.done}/{self.total or '?'} properties so far, {time.time() - self.t0:.0f} s)\n")
             self.s.flush()
         if ev["status"] in ("fail", "error") and not self.tty:
-            self.s.write(f"    {ev['status']}: {ev['suite']}::{ev['property']} [{ev['dtype']}]\n")
+            note = "" if ev.get("enforced", True) else f" ({ev.get('tier')} tier, reported only)"
+            self.s.write(f"    {ev['status']}: {ev['suite']}::{ev['property']} [{ev['dtype']}]{note}\n")
 
     def finish(self, verdict: str, duration: float):
         c = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))

@@ -386,7 +386,8 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
     item.config._attention_harness_results.append(res)
     if item.config.getoption("--harness-progress"):
         _progress(item.config, {"impl": spec, "suite": res["suite"], "property": res["property"],
-                                "dtype": dtype, "status": status})
+                                "dtype": dtype, "status": status, "tier": tier,
+                                "enforced": tier == "gate" or (tier == "strict" and hc.strict)})
 
 
 def _progress(config, event: dict):

@@ -152,6 +152,8 @@ def verdict(results: list, strict: bool) -> str:
         enforced = r["tier"] == "gate" or (r["tier"] == "strict" and strict)
         if enforced and r["status"] in ("fail", "error"):
             return "fail"
-    if not any(r["tier"] == "gate" and r["status"] == "pass" for r in results):
+    gate = [r for r in results if r["tier"] == "gate"]
+    ran = gate or results  # only strict/info properties selected: judge by those
+    if not any(r["status"] in ("pass", "fail", "error") for r in ran) or (gate and not any(r["status"] == "pass" for r in gate)):
         return "unsupported"
     return "pass"
