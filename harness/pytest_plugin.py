@@ -116,9 +116,12 @@ def pytest_configure(config):
     if hc.case:
         kw.update(max_examples=1, phases=[Phase.explicit, Phase.generate])
     settings.register_profile("attention-harness", **kw)
-    settings.load_profile("attention-harness")
-    # The same seed for every test, whichever subset runs: a failure replays from its command.
-    hypothesis.core.global_force_seed = seed
+    if _runs_harness_suites(config):
+        # Only for runs of our suites: installing attention-harness must not change the
+        # hypothesis settings or seed of another project's own tests.
+        settings.load_profile("attention-harness")
+        # The same seed for every test, whichever subset runs: a failure replays from its command.
+        hypothesis.core.global_force_seed = seed
     config._attention_harness_results = []
     if config.getoption("--impl"):
         for spec in hc.specs:
@@ -128,7 +131,25 @@ def pytest_configure(config):
                 raise pytest.UsageError(str(e))
 
 
+def _runs_harness_suites(config) -> bool:
+    if config.getoption("--impl"):
+        return True
+    for a in config.args:
+        if "harness.suites" in a or "harness/suites" in a:
+            return True
+        try:
+            import harness.suites
+
+            if os.path.abspath(a.split("::")[0]).startswith(os.path.dirname(harness.suites.__file__)):
+                return True
+        except ImportError:
+            pass
+    return False
+
+
 def pytest_report_header(config):
+    if not _runs_harness_suites(config):
+        return None
     hc = _config(config)
     return (f"attention-harness: impl={','.join(hc.specs)} dtype={','.join(hc.dtypes)} device={hc.device} "
             f"profile={hc.profile} seed={hc.seed}{' strict' if hc.strict else ''}")
