@@ -274,6 +274,17 @@ def _arr(grid):
     return np.array([[float("nan") if x is None else float(x) for x in row] for row in grid], dtype=float)
 
 
+def _save(fig, path, title=None):
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=72)
+    plt.close(fig)
+    return path
+
+
 def plot_maps(maps: list, path, title: Optional[str] = None):
     """One row per map: mask, reference, implementation, difference (implementation - reference).
     Forbidden cells that got weight are outlined in red on the implementation and difference panels.
@@ -322,12 +333,7 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
         if has_impl and m.get("leaked"):
             ax_row[2].set_title(f"implementation: {m['leaked']} leaked cells", fontsize=9, color="red")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=72)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def _wrap(text: str, width: int) -> list:
@@ -386,9 +392,4 @@ def plot_entropy(stats: dict, path, title: Optional[str] = None):
         ax.set_title("mean normalised entropy per input (red: flagged)", fontsize=8)
     else:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=72)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
