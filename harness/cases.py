@@ -236,8 +236,8 @@ class Inputs:
         return self.visible.any(dim=-1)
 
     def kv_visible(self) -> torch.Tensor:
-        """(B, Hkv, L... ) no: per kv head, which keys some query head of its group may read,
-        (B, Hkv, L, S) after folding the query heads that share a kv head."""
+        """(B, Hkv, L, S): per kv head, which keys some query head of its group may read (the
+        query heads that share a kv head folded together)."""
         B, H, L, S = self.visible.shape
         Hkv = self.case.Hkv
         return self.visible.view(B, Hkv, H // Hkv, L, S).any(dim=2)

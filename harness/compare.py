@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness import report as R
+from harness.tiers import enforced
 
 EXIT_OK, EXIT_REGRESSED, EXIT_UNREADABLE = 0, 1, 2
 FAILING = ("fail", "error")
@@ -66,8 +67,7 @@ def _fingerprint(impl: dict) -> Optional[dict]:
 
 
 def _enforced(r: dict, strict: bool) -> bool:
-    tier = r.get("tier", "gate")
-    return tier == "gate" or (tier == "strict" and strict)
+    return enforced(r.get("tier", "gate"), strict)
 
 
 def _shape_key(shape) -> str:

@@ -209,10 +209,10 @@ def _failures(report: dict) -> str:
             if r.get("status") not in ("fail", "error"):
                 continue
             tier = r.get("tier", "gate")
-            enforced = tier == "gate" or (tier == "strict" and o.get("strict"))
+            is_enforced = R.enforced(tier, o.get("strict"))
             out.append(f"<h3>{esc(impl.get('name'))} · {esc(r.get('suite'))}::{esc(r.get('property'))} · "
                        f"{esc(r.get('dtype'))} · <span class=\"flag\">{esc(r.get('status'))}</span>"
-                       f"{'' if enforced else ' (' + esc(tier) + ', not enforced)'}</h3>")
+                       f"{'' if is_enforced else ' (' + esc(tier) + ', not enforced)'}</h3>")
             if r.get("doc"):
                 out.append(f"<p><i>{esc(r['doc'])}</i></p>")
             out.append(f"<pre>{esc(str(r.get('message') or '').strip())}</pre>")

@@ -20,13 +20,14 @@ from typing import Optional
 
 import pytest
 
+from harness.tiers import TIERS, enforced
+
 PROFILES = {
     # hypothesis examples per property (times the per-test weight) and the sizes used.
     "quick": 8,
     "default": 25,
     "thorough": 150,
 }
-TIERS = ("gate", "strict", "info")
 DEFAULT_SEED = 20261127
 
 
@@ -132,19 +133,13 @@ def pytest_configure(config):
 
 
 def _runs_harness_suites(config) -> bool:
+    """True when this pytest run targets the shipped suites (by --impl, module or path)."""
+    import harness.suites
+
     if config.getoption("--impl"):
         return True
-    for a in config.args:
-        if "harness.suites" in a or "harness/suites" in a:
-            return True
-        try:
-            import harness.suites
-
-            if os.path.abspath(a.split("::")[0]).startswith(os.path.dirname(harness.suites.__file__)):
-                return True
-        except ImportError:
-            pass
-    return False
+    here = os.path.dirname(os.path.abspath(harness.suites.__file__))
+    return any("harness.suites" in a or os.path.abspath(a.split("::")[0]).startswith(here) for a in config.args)
 
 
 def pytest_report_header(config):
@@ -177,12 +172,10 @@ class Target:
         self.device = device
         self.caps = impl.capabilities
         self._replay = replay
-        self.item = item
         self.cases = 0
         self.last_case = None
         self.last_extras: dict = {}
         self.worst: dict = {}
-        self.notes: list = []
 
     @property
     def name(self) -> str:
@@ -358,8 +351,7 @@ def pytest_runtest_makereport(item, call):
         status = _exc_status(call.excinfo)
         msg = _message(call.excinfo)
         _store(item, hc, spec, dtype, tier, status, msg, t, rep)
-        enforced = tier == "gate" or (tier == "strict" and hc.strict)
-        if not enforced:
+        if not enforced(tier, hc.strict):
             # Reported, never failing: shown by pytest as xfail with the tier as the reason.
             rep.outcome = "skipped"
             rep.wasxfail = f"{tier} tier (not enforced{'' if tier == 'info' else '; use --strict-properties'}): {msg.splitlines()[0][:200]}"
@@ -408,7 +400,7 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
     if item.config.getoption("--harness-progress"):
         _progress(item.config, {"impl": spec, "suite": res["suite"], "property": res["property"],
                                 "dtype": dtype, "status": status, "tier": tier,
-                                "enforced": tier == "gate" or (tier == "strict" and hc.strict)})
+                                "enforced": enforced(tier, hc.strict)})
 
 
 def _progress(config, event: dict):
@@ -420,7 +412,6 @@ def _progress(config, event: dict):
         return
     tr.ensure_newline()
     tr.write_line(line)
-    tr.flush() if hasattr(tr, "flush") else None
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 from xml.etree import ElementTree as ET
 
+from harness.tiers import enforced
+
 SCHEMA_VERSION = 1
 STATUS_ORDER = {"error": 0, "fail": 1, "unsupported": 2, "skip": 3, "pass": 4}
 
@@ -184,9 +186,9 @@ def to_markdown(report: dict) -> str:
     if failures:
         lines += ["## Failures", ""]
         for impl, r in failures:
-            enforced = r["tier"] == "gate" or (r["tier"] == "strict" and o.get("strict"))
+            is_enforced = enforced(r["tier"], o.get("strict"))
             lines.append(f"### {impl['name']} · {r['suite']}::{r['property']} · {r['dtype']} · "
-                         f"{r['status']}{'' if enforced else ' (' + r['tier'] + ', not enforced)'}")
+                         f"{r['status']}{'' if is_enforced else ' (' + r['tier'] + ', not enforced)'}")
             lines.append("")
             if r.get("doc"):
                 lines += [f"_{r['doc']}_", ""]
@@ -218,14 +220,14 @@ def to_junit(report: dict) -> str:
             worst = min(rs, key=lambda r: STATUS_ORDER.get(r["status"], 9))
             msg = "\n\n".join(f"[{r['dtype']}] {r['message']}" + (f"\nreproduce: {r['repro']}" if r.get("repro") else "")
                               for r in rs if r["status"] == worst["status"])
-            enforced = worst["tier"] == "gate" or (worst["tier"] == "strict" and report["options"].get("strict"))
-            if worst["status"] == "fail" and enforced:
+            is_enforced = enforced(worst["tier"], report["options"].get("strict"))
+            if worst["status"] == "fail" and is_enforced:
                 ET.SubElement(tc, "failure", message=msg.splitlines()[0][:500] if msg else "fail").text = msg
                 nfail += 1
-            elif worst["status"] == "error" and enforced:
+            elif worst["status"] == "error" and is_enforced:
                 ET.SubElement(tc, "error", message=msg.splitlines()[0][:500] if msg else "error").text = msg
                 nerr += 1
-            elif worst["status"] in ("skip", "unsupported") or (worst["status"] in ("fail", "error") and not enforced):
+            elif worst["status"] in ("skip", "unsupported") or (worst["status"] in ("fail", "error") and not is_enforced):
                 ET.SubElement(tc, "skipped", message=f"{worst['status']} ({worst['tier']}): {msg[:500]}")
                 nskip += 1
         ts.set("failures", str(nfail))

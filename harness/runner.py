@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from harness.tiers import enforced
+
 OPT_IN_SUITES = ("model", "throughput")  # slow or needing extras: run only when named with --suite
 
 
@@ -149,8 +151,7 @@ def verdict(results: list, strict: bool) -> str:
     """fail: an enforced property failed or errored; unsupported: no gate property could run at
     all (nothing was certified, which is never a pass); pass otherwise."""
     for r in results:
-        enforced = r["tier"] == "gate" or (r["tier"] == "strict" and strict)
-        if enforced and r["status"] in ("fail", "error"):
+        if enforced(r["tier"], strict) and r["status"] in ("fail", "error"):
             return "fail"
     gate = [r for r in results if r["tier"] == "gate"]
     ran = gate or results  # only strict/info properties selected: judge by those
