@@ -134,11 +134,15 @@ def pytest_configure(config):
 
 def _runs_harness_suites(config) -> bool:
     """True when this pytest run targets the shipped suites (by --impl, module or path)."""
-    import harness.suites
-
     if config.getoption("--impl"):
         return True
-    here = os.path.dirname(os.path.abspath(harness.suites.__file__))
+    try:
+        import harness.suites
+        here = os.path.dirname(os.path.abspath(harness.suites.__file__))
+    except ImportError:
+        # A source checkout used without installing: the suites sit beside the package. This
+        # hook runs for every pytest session on the machine, so it must never raise.
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "suites")
     return any("harness.suites" in a or os.path.abspath(a.split("::")[0]).startswith(here) for a in config.args)
 
 
