@@ -3,7 +3,8 @@ one-hot values, perturb exactly what must not matter, and take gradients where t
 
 Properties stay short because the probes do the work. Every probe raises
 :class:`PropertyViolation` (an ``AssertionError``) with the numbers when the contract is broken,
-and turns ``NotImplementedError`` from the kernel into an ``unsupported`` skip.
+and turns ``NotImplementedError`` from the kernel into an ``unsupported`` case: inside a
+hypothesis property only that case is skipped; the property is ``unsupported`` when no case ran.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class ImplementationError(RuntimeError):
 
 
 CALL_TIMEOUT_S = 30.0
+# Why each generated case of the running property was unsupported; the pytest plugin resets it
+# per test and reports the count.
+UNSUPPORTED_CASES: list = []
 _hung: set = set()
 
 
@@ -70,7 +74,17 @@ def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=..
     except NotImplementedError as e:
         if not allow_unsupported:
             raise PropertyViolation(f"raised NotImplementedError on a case it must support: {e}") from None
-        pytest.skip(f"unsupported: {impl.name} raised NotImplementedError: {e}")
+        why = f"{impl.name} raised NotImplementedError: {e}"
+        from hypothesis.control import currently_in_test_context
+
+        if currently_in_test_context():
+            # Only this case is unsupported: skip it and keep drawing others. (pytest.skip here
+            # would end the whole property at the first such case, often an @example.)
+            from hypothesis import reject
+
+            UNSUPPORTED_CASES.append(why)
+            reject()
+        pytest.skip(f"unsupported: {why}")
     except TimeoutError as e:
         _hung.add(impl.name)
         raise ImplementationError(f"{impl.name}: {e}") from None

@@ -240,6 +240,9 @@ def target(request, target_key):
 
         if not torch.cuda.is_available():
             pytest.skip("skip: --device cuda but CUDA is not available on this machine")
+    from harness import probes
+
+    probes.UNSUPPORTED_CASES.clear()
     t = Target(impl, dtype, hc.device, hc.case, request.node, hc.forward_factor, hc.backward_factor)
     request.node._harness_target = t
     return t
@@ -345,9 +348,14 @@ def pytest_runtest_makereport(item, call):
     elif rep.skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         _store(item, hc, spec, dtype, tier, _skip_status(reason), _clean_skip(reason), t, rep)
-    elif _unsatisfiable(call.excinfo) and (t is None or t.cases == 0):
-        # No drawn case could be expressed inside the declared capabilities: unsupported, not a pass.
-        msg = "no case of this property fits the declared capabilities"
+    elif _unsatisfiable(call.excinfo):
+        # Every drawn case was rejected, so nothing was checked: it could not be expressed inside
+        # the declared capabilities, or the kernel raised NotImplementedError on each. Unsupported.
+        why = _unsupported_cases()
+        if why and t is not None and t.cases <= len(why):
+            msg = f"NotImplementedError on every case it was given ({len(why)}); last: {why[-1]}"
+        else:
+            msg = "no drawn case of this property fits the declared capabilities"
         _store(item, hc, spec, dtype, tier, "unsupported", msg, t, rep)
         rep.outcome = "skipped"
         rep.longrepr = (str(item.fspath), 0, f"Skipped: unsupported: {msg}")
@@ -381,6 +389,12 @@ def _jsonable(d: dict) -> dict:
     return out
 
 
+def _unsupported_cases() -> list:
+    from harness import probes
+
+    return probes.UNSUPPORTED_CASES
+
+
 def _store(item, hc, spec, dtype, tier, status, message, t, rep):
     case = t.last_case if (t is not None and status in ("fail", "error")) else None
     extras = _jsonable(t.last_extras) if case is not None else None
@@ -388,6 +402,7 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         "suite": _suite(item), "property": item.originalname, "tier": tier, "dtype": dtype,
         "device": hc.device, "impl": spec, "status": status,
         "cases": t.cases if t is not None else 0,
+        "unsupported_cases": len(_unsupported_cases()) if t is not None else 0,
         "worst": (t.worst if t is not None else {}),
         "message": message,
         "counterexample": (case.to_dict() if case is not None else None),
@@ -397,6 +412,9 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         "seed": hc.seed, "duration_s": round(getattr(rep, "duration", 0.0), 3),
         "doc": ((item.function.__doc__ or "").strip().split("\n")[0]),
     }
+    if status == "pass" and res["unsupported_cases"]:
+        res["message"] = (f"{res['unsupported_cases']} of {res['cases']} cases unsupported (NotImplementedError), "
+                          f"the rest passed; last: {_unsupported_cases()[-1]}")
     if status in ("fail", "error") and case is not None:
         more = "".join(f", {k}={v!r}" for k, v in (extras or {}).items())
         res["message"] = f"{message}\ncounterexample: {case.short()}{more}\nseed: {hc.seed}"

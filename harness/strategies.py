@@ -9,8 +9,10 @@ implementation's declared capabilities, which keeps ``@example`` cases usable ev
     from hypothesis import given
     from harness import strategies as hs
 
-    @given(case=hs.cases(policies=hs.leaky_policies()))
-    def test_something(target, case): ...
+    @given(case=hs.cases(policies=("causal", "key_padding") + hs.BOUNDARY_POLICIES))
+    def test_something(target, case):
+        case = target.fit(case)  # inside the implementation's declared capabilities
+        ...
 """
 
 from __future__ import annotations
@@ -123,6 +125,12 @@ def shared_prefix_policy(draw, B: int, L: int, S: int):
     return f"shared_prefix({prefix}, {conts})", prefix + sum(conts), prefix + sum(conts)
 
 
+@st.composite
+def head_span_policy(draw, B: int, L: int, S: int):
+    spans = draw(st.lists(st.integers(1, S), min_size=1, max_size=4))
+    return f"head_span({spans})", L, S
+
+
 POLICY_STRATEGIES = {
     "causal": causal_policy,
     "key_padding": padding_policy,
@@ -132,6 +140,7 @@ POLICY_STRATEGIES = {
     "rag": rag_policy,
     "chat_roles": chat_policy,
     "shared_prefix": shared_prefix_policy,
+    "head_span": head_span_policy,
 }
 BOUNDARY_POLICIES = ("document", "prefix_lm", "sliding_window", "rag", "chat_roles", "shared_prefix")
 

@@ -3,7 +3,8 @@
 
 Catches: bottom-right causal alignment in a plain SDPA callable, inverted boolean polarity
 (nn.MultiheadAttention's convention), a wrong or ignored default scale, GQA heads tiled
-instead of interleaved, NaN for fully masked rows, nondeterminism (strict).
+instead of interleaved, NaN for fully masked rows, nondeterminism in a kernel that declares
+itself deterministic.
 """
 
 import pytest
@@ -23,7 +24,7 @@ def test_fingerprint(target):
 
 def _expect(target, name, probe, got, want):
     target.cases += 1
-    target.last_case = F.case_for(probe, target.dtype, target.device)
+    target.last_case = F.case_for(probe, target.dtype, target.device, target.caps)
     target.record(detected=got, declared=want)
     if got != want:
         raise probes.PropertyViolation(f"{name}: detected {got!r}, the declared contract says {want!r}")
@@ -46,7 +47,7 @@ def test_default_scale(target):
     """scale=None means 1/sqrt(E), and an explicit scale is honoured."""
     _expect(target, "default scale", "default_scale", F.default_scale(target.impl, target.dtype, target.device), "1/sqrt(E)")
     if not F.explicit_scale_honoured(target.impl, target.dtype, target.device):
-        target.last_case = F.case_for("explicit_scale_honoured", target.dtype, target.device)
+        target.last_case = F.case_for("explicit_scale_honoured", target.dtype, target.device, target.caps)
         raise probes.PropertyViolation("an explicit scale=0.9 is not honoured")
 
 
@@ -64,7 +65,12 @@ def test_fully_masked_rows(target):
             target.caps.fully_masked_rows)
 
 
-@pytest.mark.tier("strict")
 def test_deterministic(target):
-    """The same input twice gives bitwise-equal output."""
-    _expect(target, "deterministic forward", "deterministic", F.deterministic(target.impl, target.dtype, target.device), True)
+    """The same input twice gives bitwise-equal output, unless the implementation declares
+    ``deterministic=False`` (then the detected behaviour is only reported)."""
+    got = F.deterministic(target.impl, target.dtype, target.device)
+    if not target.caps.deterministic:
+        target.cases += 1
+        target.record(detected=got, declared="nondeterministic allowed")
+        return
+    _expect(target, "deterministic forward (same input twice)", "deterministic", got, True)

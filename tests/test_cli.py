@@ -108,3 +108,28 @@ def test_broken_outputs_become_results_and_others_still_land(tmp_path):
     assert "NaN" in msgs("nan_out") or "inf" in msgs("nan_out")
     assert "did not return" in msgs("hangs") or "hung" in msgs("hangs")
     assert "dtype" in msgs("wrong_dtype")
+
+
+def test_not_implemented_on_some_cases_skips_only_those(tmp_path):
+    # A kernel that declares nothing but raises NotImplementedError when Ev != E: those cases
+    # are unsupported and counted; the property still runs (and passes) on the others.
+    (tmp_path / "k.py").write_text(
+        "import torch.nn.functional as F\n"
+        "def attn(q, k, v, **kw):\n"
+        "    if v.shape[-1] != q.shape[-1]:\n"
+        "        raise NotImplementedError('Ev != E')\n"
+        "    return F.scaled_dot_product_attention(q, k, v, **kw)\n"
+        "def never(q, k, v, **kw):\n"
+        "    raise NotImplementedError('nothing yet')\n")
+    r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--impl", f"{tmp_path}/k.py:never", "--suite", "correctness",
+            "--property", "test_matches_reference", "--profile", "quick", "--report-dir", str(tmp_path / "r"))
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    by_impl = {i["spec"].split(":")[-1]: i for i in rep["implementations"]}
+    [res] = by_impl["attn"]["results"]
+    assert res["status"] == "pass", res
+    assert 0 < res["unsupported_cases"] < res["cases"], res
+    assert "Ev != E" in res["message"]
+    [res] = by_impl["never"]["results"]
+    assert res["status"] == "unsupported" and "nothing yet" in res["message"], res
+    assert by_impl["never"]["verdict"] == "unsupported"
+    assert r.returncode == 1, r.stdout[-2000:]

@@ -27,6 +27,7 @@ from harness.masks.sliding_window import sliding_window
 from harness.masks.rag import rag
 from harness.masks.chat import chat_roles
 from harness.masks.shared_prefix import shared_prefix
+from harness.masks.head_span import head_span
 
 POLICIES: dict[str, Callable[..., MaskPolicy]] = {
     "full": full,
@@ -38,6 +39,7 @@ POLICIES: dict[str, Callable[..., MaskPolicy]] = {
     "rag": rag,
     "chat_roles": chat_roles,
     "shared_prefix": shared_prefix,
+    "head_span": head_span,
 }
 
 
