@@ -21,13 +21,41 @@ def _reference(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     return out.to(query.dtype)
 
 
+def _sdpa_has_gqa() -> bool:
+    # enable_gqa arrived in torch 2.5; the package supports torch>=2.4.
+    try:
+        F.scaled_dot_product_attention(*(torch.zeros(1, 1, 1, 8),) * 3, enable_gqa=False)
+        return True
+    except TypeError:
+        return False
+
+
+SDPA_HAS_GQA = _sdpa_has_gqa()
+
+
+def _sdpa() -> Callable:
+    if SDPA_HAS_GQA:
+        return F.scaled_dot_product_attention
+
+    def sdpa_without_gqa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                         enable_gqa=False):
+        if enable_gqa:
+            raise NotImplementedError("this torch's SDPA has no enable_gqa (torch < 2.5)")
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale)
+
+    return sdpa_without_gqa
+
+
 def _sdpa_backend(backend_name: str) -> Callable:
+    sdpa = _sdpa()
+
     def fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(getattr(SDPBackend, backend_name)):
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                                  is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                        is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 
     fn.__name__ = f"sdpa_{backend_name.lower()}"
     return fn
@@ -69,6 +97,14 @@ def _flex(compiled: bool) -> Callable:
     return fn
 
 
+def _flex_reason() -> Optional[str]:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return f"needs torch.nn.attention.flex_attention (torch >= 2.5; this is {torch.__version__})"
+    return None
+
+
 def _cuda_reason() -> Optional[str]:
     return None if torch.cuda.is_available() else "needs CUDA (torch.cuda.is_available() is False)"
 
@@ -91,19 +127,19 @@ _GPU_HALF = ("bfloat16", "float16")
 BUILTINS: dict = {
     "reference": (lambda: _reference, Capabilities(autograd=False),
                   "float64 chunked online-softmax reference (harness.reference)", lambda: None),
-    "sdpa": (lambda: F.scaled_dot_product_attention, Capabilities(),
+    "sdpa": (_sdpa, Capabilities(gqa=SDPA_HAS_GQA),
              "torch.nn.functional.scaled_dot_product_attention, default dispatch", lambda: None),
-    "sdpa-math": (lambda: _sdpa_backend("MATH"), Capabilities(),
+    "sdpa-math": (lambda: _sdpa_backend("MATH"), Capabilities(gqa=SDPA_HAS_GQA),
                   "SDPA restricted to the MATH backend", lambda: None),
     "flex": (lambda: _flex(compiled=torch.cuda.is_available()),
              Capabilities(autograd=torch.cuda.is_available()),
-             "torch FlexAttention (eager on CPU: no backward there; torch.compile on CUDA)", lambda: None),
+             "torch FlexAttention (eager on CPU: no backward there; torch.compile on CUDA)", _flex_reason),
     "sdpa-flash": (lambda: _sdpa_backend("FLASH_ATTENTION"),
                    Capabilities(devices=("cuda",), dtypes=_GPU_HALF, max_head_dim=256, value_dim_differs=False,
                                 mask_kinds=("none",)),
                    "SDPA FLASH_ATTENTION backend (CUDA, fp16/bf16, no dense masks)",
                    lambda: _backend_reason("FLASH_ATTENTION")),
-    "sdpa-efficient": (lambda: _sdpa_backend("EFFICIENT_ATTENTION"), Capabilities(devices=("cuda",)),
+    "sdpa-efficient": (lambda: _sdpa_backend("EFFICIENT_ATTENTION"), Capabilities(devices=("cuda",), gqa=SDPA_HAS_GQA),
                        "SDPA EFFICIENT_ATTENTION backend (CUDA)", lambda: _backend_reason("EFFICIENT_ATTENTION")),
     "sdpa-cudnn": (lambda: _sdpa_backend("CUDNN_ATTENTION"),
                    Capabilities(devices=("cuda",), dtypes=_GPU_HALF, max_head_dim=128, value_dim_differs=False,
