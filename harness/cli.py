@@ -167,7 +167,7 @@ def _implementation_entry(impl, res, args, options, log) -> dict:
     base = {"suite": "harness", "property": "run", "tier": "gate", "dtype": "-", "device": args.device,
             "impl": impl.spec, "status": "error", "cases": 0, "worst": {}, "counterexample": None,
             "seed": options["seed"], "duration_s": res["duration_s"], "doc": "the implementation's test process"}
-    if res["problem"]:
+    if res["problem"] and not res.get("problem_recorded"):
         results.append({**base, "message": res["problem"], "repro": f"attn-harness check --impl {impl.spec}"})
     if not results:
         last = (res["log"].strip().splitlines() or ["(no output)"])[-1]

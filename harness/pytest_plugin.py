@@ -420,20 +420,27 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         res["message"] = f"{message}\ncounterexample: {case.short()}{more}\nseed: {hc.seed}"
     item.config._attention_harness_results.append(res)
     if item.config.getoption("--harness-progress"):
+        # The whole result rides along, so a run killed later (a kernel hung inside C) keeps it.
         _progress(item.config, {"impl": spec, "suite": res["suite"], "property": res["property"],
                                 "dtype": dtype, "status": status, "tier": tier,
-                                "enforced": enforced(tier, hc.strict)})
+                                "enforced": enforced(tier, hc.strict), "result": res})
 
 
 def _progress(config, event: dict):
-    # Through the terminal reporter: it holds the real stdout, which pytest's capture does not.
+    # Through the terminal reporter with capture suspended: during a test's setup pytest's fd
+    # capture would swallow the line, and the runner reads events live (a kernel may hang next).
+    from contextlib import nullcontext
+
     tr = config.pluginmanager.getplugin("terminalreporter")
+    capman = config.pluginmanager.getplugin("capturemanager")
     line = "HARNESS-PROGRESS " + json.dumps(event)
-    if tr is None:
-        sys.__stderr__.write(line + "\n")
-        return
-    tr.ensure_newline()
-    tr.write_line(line)
+    with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
+        if tr is None:
+            sys.__stderr__.write(line + "\n")
+            return
+        tr.ensure_newline()
+        tr.write_line(line)
+        tr.flush()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -455,6 +462,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             tr.write_line("    " + r["message"].replace("\n", "\n    "))
             if r["repro"]:
                 tr.write_line(f"    reproduce: {r['repro']}")
+
+
+def pytest_runtest_setup(item):
+    # Which property is running, so a run killed mid-property can name it.
+    if item.config.getoption("--harness-progress") and "target_key" in getattr(getattr(item, "callspec", None), "params", {}):
+        spec, dtype = item.callspec.params["target_key"]
+        _progress(item.config, {"running": {"impl": spec, "suite": _suite(item), "property": item.originalname,
+                                            "dtype": dtype, "tier": _tier(item),
+                                            "doc": (item.function.__doc__ or "").strip().split("\n")[0]}})
 
 
 def pytest_collection_finish(session):

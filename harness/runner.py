@@ -2,7 +2,9 @@
 
 Each implementation runs in its own pytest process (through :mod:`harness.pytest_plugin`, the
 same code path as ``pytest --pyargs harness.suites``), so a kernel that crashes the interpreter or
-hangs inside C code costs its own results only; the report is rewritten after each one.
+hangs inside C code costs its own results only; the report is rewritten after each one. Results
+stream back as they happen, so a process killed midway keeps what it finished and names the
+property it was running.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _pytest_command(opts: CheckOptions, spec: str, results_path: str) -> list:
 def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
             on_progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
-    "duration_s", "problem"}."""
+    "duration_s", "problem", "problem_recorded" (the problem is already a result)}."""
     fd, results_path = tempfile.mkstemp(suffix=".json", prefix="harness-results-")
     os.close(fd)
     os.unlink(results_path)
@@ -105,6 +107,8 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         proc.kill()
 
     problem_holder: list = []
+    streamed: list = []  # results as they happen: kept when the process dies before writing its file
+    running: dict = {}
     timer = threading.Timer(opts.impl_timeout, killer)
     timer.start()
     try:
@@ -114,11 +118,18 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
                 before, payload = line.split("HARNESS-PROGRESS ", 1)
                 if before.strip():
                     log_lines.append(before + "\n")
+                try:
+                    ev = json.loads(payload)
+                except ValueError:
+                    continue
+                if "running" in ev:
+                    running = ev["running"]
+                    continue
+                if "result" in ev:
+                    streamed.append(ev.pop("result"))
+                    running = {}
                 if on_progress:
-                    try:
-                        on_progress(json.loads(payload))
-                    except ValueError:
-                        pass
+                    on_progress(ev)
                 continue
             log_lines.append(line)
         proc.wait()
@@ -140,10 +151,23 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         problem = f"pytest exited with status {rc}" + (f": {tail.splitlines()[-1]}" if tail else "")
         if rc < 0:
             problem = f"the test process was killed by signal {-rc} (the kernel crashed the interpreter?)"
+    if not results and streamed:
+        results = streamed
+    problem_recorded = False
+    if problem is not None and running:
+        # The property in flight when the process hung or died is an error, not a silent gap.
+        problem = f"{problem}; running {running['suite']}::{running['property']} [{running['dtype']}]"
+        repro = (f"attn-harness check --impl {spec} --device {opts.device} --dtype {running['dtype']} "
+                 f"--suite {running['suite']} --property {running['property']}")
+        results.append({**running, "device": opts.device, "status": "error", "cases": 0, "worst": {},
+                        "message": problem, "counterexample": None, "counterexample_text": None,
+                        "counterexample_extra": None, "repro": repro, "seed": opts.seed, "duration_s": None})
+        problem_recorded = True
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(" ".join(cmd) + "\n\n" + "".join(log_lines))
     return {"results": results, "returncode": rc, "log": "".join(log_lines), "problem": problem,
+            "problem_recorded": problem_recorded,
             "duration_s": round(time.time() - t0, 2), "command": cmd}
 
 

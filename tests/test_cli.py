@@ -133,3 +133,30 @@ def test_not_implemented_on_some_cases_skips_only_those(tmp_path):
     assert res["status"] == "unsupported" and "nothing yet" in res["message"], res
     assert by_impl["never"]["verdict"] == "unsupported"
     assert r.returncode == 1, r.stdout[-2000:]
+
+
+def test_a_kernel_hanging_where_no_signal_reaches_keeps_finished_results(tmp_path):
+    # --call-timeout 0 stands in for a hang inside C/CUDA code that SIGALRM cannot interrupt: only
+    # the whole-process timeout stops it. What finished before must survive, and the property
+    # in flight must be named as an error.
+    (tmp_path / "k.py").write_text(
+        "import time\n"
+        "import torch.nn.functional as F\n"
+        "def attn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):\n"
+        "    if is_causal:\n"
+        "        time.sleep(600)\n"
+        "    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,\n"
+        "                                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)\n")
+    r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--suite", "padding", "--suite", "causal",
+            "--profile", "quick", "--call-timeout", "0", "--impl-timeout", "40",
+            "--report-dir", str(tmp_path / "r"))
+    assert r.returncode == 1, r.stderr[-2000:]
+    [impl] = json.loads((tmp_path / "r" / "report.json").read_text())["implementations"]
+    assert impl["verdict"] == "fail"
+    by_suite = {}
+    for res in impl["results"]:
+        by_suite.setdefault(res["suite"], []).append(res["status"])
+    assert by_suite["padding"] and set(by_suite["padding"]) <= {"pass", "unsupported"}, by_suite
+    errs = [x for x in impl["results"] if x["status"] == "error"]
+    assert len(errs) == 1 and errs[0]["suite"] == "causal", errs
+    assert "timed out after 40 s" in errs[0]["message"] and "running causal::" in errs[0]["message"]
