@@ -3,12 +3,16 @@
 ``compare BASE.json NEW.json`` lists what changed between two runs, keyed by implementation name,
 ``suite::property`` and dtype:
 
-- regressions (exit 1): properties that newly fail or error (gate tier, or strict when the new
-  run was strict), error ratios that grew beyond ``--ratio-threshold`` times the base ratio (and
-  past 0.5 of the bound), semantic fingerprint changes, and, when both reports carry a top-level
-  ``throughput`` list, entries whose median time grew by more than ``--slowdown``;
-- for information: properties that started passing, newly failing non-enforced tiers, coverage
-  changes (newly unsupported, added or removed properties and implementations), speed-ups.
+- regressions (exit 1): properties that newly fail or error, enforced properties that passed and
+  are now ``unsupported`` (lost coverage), error ratios of enforced properties that grew beyond
+  ``--ratio-threshold`` times the base ratio (and past 0.5 of the bound), implementations present
+  in BASE and missing from NEW, semantic fingerprint changes, and throughput entries whose median
+  time grew by more than ``--slowdown`` (from the top-level ``throughput`` list that
+  ``attn-harness bench`` writes, and from the per-shape timings ``check --suite throughput``
+  records in its results). "Enforced" follows :func:`harness.tiers.enforced`: gate always,
+  strict when the new run was ``--strict``, info never;
+- for information: properties that started passing, newly failing or ratio growth in non-enforced
+  tiers, other coverage changes (newly skipped, added or removed properties), speed-ups.
 
 Exit 0 when nothing regressed, 1 when something did, 2 when a file is unreadable or not a
 report. ``merge A.json B.json ...`` builds one comparison from reports made on several machines:
@@ -47,11 +51,59 @@ def _ratio(r: dict) -> Optional[float]:
 
 
 def _index(report: dict) -> dict:
-    """{(impl name, "suite::property", dtype): result}."""
+    """{(impl name, "suite::property", dtype): result}. A property run once per shape (the
+    throughput suite's parametrised tests) gets the shape in brackets, so the shapes do not
+    collapse into one key; any other repeat gets ``#2``, ``#3``..."""
     out = {}
     for impl in report.get("implementations") or []:
         for r in impl.get("results") or []:
-            out[(impl.get("name"), f"{r.get('suite')}::{r.get('property')}", r.get("dtype"))] = r
+            if not isinstance(r, dict):
+                continue
+            prop = f"{r.get('suite')}::{r.get('property')}"
+            if _is_throughput_result(r):
+                sk = _check_shape_key(r)
+                if sk:
+                    prop += f"[{sk}]"
+            key = (impl.get("name"), prop, r.get("dtype"))
+            n = 2
+            while key in out:
+                key = (impl.get("name"), f"{prop} #{n}", r.get("dtype"))
+                n += 1
+            out[key] = r
+    return out
+
+
+# --- throughput recorded by `check --suite throughput` ---------------------------------------
+# Each result of suites/test_throughput.py carries in ``worst`` the timed ``shape``
+# (bench.Shape.to_dict()), ``mode``, ``direction`` and, when it was timed, ``median_ms``/``tflops``.
+
+def _is_throughput_result(r: dict) -> bool:
+    return r.get("suite") == "throughput" and str(r.get("property", "")).startswith("test_throughput")
+
+
+def _worst(r: dict) -> dict:
+    return r["worst"] if isinstance(r.get("worst"), dict) else {}
+
+
+def _check_shape_key(r: dict) -> Optional[str]:
+    shape = _worst(r).get("shape")
+    return _shape_key(shape) if isinstance(shape, dict) else None
+
+
+def _check_throughput(report: dict) -> list:
+    """Throughput entries (the bench schema's keys) from the results of ``check --suite throughput``."""
+    out = []
+    for impl in report.get("implementations") or []:
+        for r in impl.get("results") or []:
+            if not isinstance(r, dict) or not _is_throughput_result(r):
+                continue
+            w = _worst(r)
+            if not isinstance(w.get("shape"), dict) or not isinstance(w.get("median_ms"), (int, float)):
+                continue  # not timed (failed, skipped, unsupported) or from an older harness
+            direction = w.get("direction") or ("backward" if str(r.get("property")).endswith("_backward") else "forward")
+            out.append({"impl": impl.get("name"), "mode": w.get("mode") or "prefill", "direction": direction,
+                        "shape": w["shape"], "dtype": r.get("dtype"), "device": r.get("device"),
+                        "median_ms": float(w["median_ms"]), "tflops": w.get("tflops"), "source": "check"})
     return out
 
 
@@ -76,24 +128,34 @@ def _shape_key(shape) -> str:
     return str(shape)
 
 
+def _throughput_entries(report: dict) -> list:
+    """Timings from ``attn-harness bench`` (top-level ``throughput``) and from ``check --suite
+    throughput`` results, each entry tagged by its source so the two never pair up."""
+    bench = [e for e in report.get("throughput") or [] if isinstance(e, dict)]
+    return bench + _check_throughput(report)
+
+
 def _tp_key(e: dict) -> tuple:
     return (e.get("impl"), e.get("mode"), e.get("direction", "forward"), _shape_key(e.get("shape")),
-            e.get("dtype"), e.get("device"))
+            e.get("dtype"), e.get("device"), e.get("source", "bench"))
 
 
 def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdown: float = 0.05,
                     base_label: str = "base", new_label: str = "new") -> dict:
     """What changed from ``base`` to ``new`` (report dicts). Lists of dicts under
-    ``newly_failing``, ``ratio_growth``, ``fingerprint_changes``, ``slowdowns`` (the regressions),
-    and ``started_passing``, ``newly_failing_not_enforced``, ``newly_unsupported``, ``added``,
-    ``removed``, ``speedups`` (information); ``regressed`` is True when any regression list is
-    non-empty."""
+    ``newly_failing``, ``lost_coverage``, ``ratio_growth``, ``missing_implementations``,
+    ``fingerprint_changes``, ``slowdowns`` (the regressions), and ``started_passing``,
+    ``newly_failing_not_enforced``, ``ratio_growth_not_enforced``, ``newly_unsupported``,
+    ``added``, ``removed``, ``speedups`` (information); ``regressed`` is True when any regression
+    list is non-empty. Tiers are enforced as :func:`harness.tiers.enforced` says, with the new
+    run's ``--strict``."""
     strict = bool((new.get("options") or {}).get("strict"))
     bi, ni = _index(base), _index(new)
     out = {"base": base_label, "new": new_label, "ratio_threshold": ratio_threshold, "slowdown": slowdown,
-           "newly_failing": [], "ratio_growth": [], "fingerprint_changes": [], "slowdowns": [],
-           "started_passing": [], "newly_failing_not_enforced": [], "newly_unsupported": [],
-           "added": [], "removed": [], "speedups": []}
+           "newly_failing": [], "lost_coverage": [], "ratio_growth": [], "missing_implementations": [],
+           "fingerprint_changes": [], "slowdowns": [],
+           "started_passing": [], "newly_failing_not_enforced": [], "ratio_growth_not_enforced": [],
+           "newly_unsupported": [], "added": [], "removed": [], "speedups": []}
     for key, n in ni.items():
         impl, prop, dtype = key
         row = {"impl": impl, "property": prop, "dtype": dtype, "tier": n.get("tier", "gate")}
@@ -112,15 +174,27 @@ def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdow
             (out["newly_failing"] if _enforced(n, strict) else out["newly_failing_not_enforced"]).append(item)
         elif bs in FAILING and ns == "pass":
             out["started_passing"].append({**row, "base_status": bs, "status": ns})
+        elif bs == "pass" and ns == "unsupported" and _enforced(n, strict):
+            out["lost_coverage"].append({**row, "base_status": bs, "status": ns,
+                                         "message": f"passed in {base_label}, unsupported in {new_label} (no longer "
+                                                    f"certified): " + _first_line(n.get("message"))})
         elif bs == "pass" and ns in ("unsupported", "skip"):
             out["newly_unsupported"].append({**row, "base_status": bs, "status": ns,
                                              "message": _first_line(n.get("message"))})
         br, nr = _ratio(b), _ratio(n)
         if nr is not None and br is not None and nr > ratio_threshold * br and nr > 0.5:
-            out["ratio_growth"].append({**row, "base_ratio": br, "ratio": nr,
-                                        "growth": (nr / br) if br > 0 else math.inf, "status": ns})
+            out["ratio_growth" if _enforced(n, strict) else "ratio_growth_not_enforced"].append(
+                {**row, "base_ratio": br, "ratio": nr, "growth": (nr / br) if br > 0 else math.inf, "status": ns})
+    new_names = {i.get("name") for i in new.get("implementations") or []}
+    for impl in base.get("implementations") or []:
+        if impl.get("name") not in new_names:
+            results = [r for r in impl.get("results") or [] if isinstance(r, dict)]
+            out["missing_implementations"].append({
+                "impl": impl.get("name"), "base_verdict": impl.get("verdict"), "base_results": len(results),
+                "message": f"implementation {impl.get('name')!r} is in {base_label} ({len(results)} results, verdict "
+                           f"{impl.get('verdict')}) but missing from {new_label}: nothing about it is certified"})
     for key, b in bi.items():
-        if key not in ni:
+        if key not in ni and key[0] in new_names:
             out["removed"].append({"impl": key[0], "property": key[1], "dtype": key[2], "base_status": b.get("status")})
     bimpls = {i.get("name"): i for i in base.get("implementations") or []}
     for impl in new.get("implementations") or []:
@@ -133,19 +207,17 @@ def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdow
                 if bf.get(k) != nf.get(k):
                     out["fingerprint_changes"].append({"impl": impl.get("name"), "probe": k, "base": bf.get(k),
                                                        "new": nf.get(k)})
-    btp, ntp = base.get("throughput"), new.get("throughput")
-    if isinstance(btp, list) and isinstance(ntp, list):
-        bmap = {_tp_key(e): e for e in btp if isinstance(e, dict)}
+    btp, ntp = _throughput_entries(base), _throughput_entries(new)
+    if btp and ntp:
+        bmap = {_tp_key(e): e for e in btp}
         for e in ntp:
-            if not isinstance(e, dict):
-                continue
             b = bmap.get(_tp_key(e))
             try:
                 bm, nm = float(b["median_ms"]), float(e["median_ms"])
             except (TypeError, KeyError, ValueError):
                 continue
-            row = {"impl": e.get("impl"), "mode": e.get("mode"), "shape": _shape_key(e.get("shape")),
-                   "dtype": e.get("dtype"), "base_ms": bm, "new_ms": nm,
+            row = {"impl": e.get("impl"), "mode": e.get("mode"), "direction": e.get("direction", "forward"),
+                   "shape": _shape_key(e.get("shape")), "dtype": e.get("dtype"), "base_ms": bm, "new_ms": nm,
                    "change": (nm / bm - 1) if bm > 0 else math.inf}
             if nm > bm * (1 + slowdown):
                 out["slowdowns"].append(row)
@@ -155,7 +227,8 @@ def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdow
     return out
 
 
-REGRESSIONS = ("newly_failing", "ratio_growth", "fingerprint_changes", "slowdowns")
+REGRESSIONS = ("newly_failing", "lost_coverage", "ratio_growth", "missing_implementations", "fingerprint_changes",
+               "slowdowns")
 
 
 def _first_line(s) -> str:
@@ -173,13 +246,16 @@ def _f(x) -> str:
 
 SECTIONS = [
     ("newly_failing", "Newly failing (regression)", ["impl", "property", "dtype", "tier", "base_status", "status", "message", "repro"]),
+    ("lost_coverage", "Passed, now unsupported (regression)", ["impl", "property", "dtype", "tier", "base_status", "status", "message"]),
     ("ratio_growth", "Error ratio growth (regression)", ["impl", "property", "dtype", "base_ratio", "ratio", "growth", "status"]),
+    ("missing_implementations", "Implementations missing from the new report (regression)", ["impl", "base_verdict", "base_results", "message"]),
     ("fingerprint_changes", "Fingerprint changes (regression)", ["impl", "probe", "base", "new"]),
-    ("slowdowns", "Throughput slowdowns (regression)", ["impl", "mode", "shape", "dtype", "base_ms", "new_ms", "change"]),
+    ("slowdowns", "Throughput slowdowns (regression)", ["impl", "mode", "direction", "shape", "dtype", "base_ms", "new_ms", "change"]),
     ("started_passing", "Started passing", ["impl", "property", "dtype", "base_status", "status"]),
     ("newly_failing_not_enforced", "Newly failing, tier not enforced", ["impl", "property", "dtype", "tier", "status", "message"]),
+    ("ratio_growth_not_enforced", "Error ratio growth, tier not enforced", ["impl", "property", "dtype", "tier", "base_ratio", "ratio", "growth", "status"]),
     ("newly_unsupported", "Newly unsupported or skipped", ["impl", "property", "dtype", "base_status", "status", "message"]),
-    ("speedups", "Throughput speed-ups", ["impl", "mode", "shape", "dtype", "base_ms", "new_ms", "change"]),
+    ("speedups", "Throughput speed-ups", ["impl", "mode", "direction", "shape", "dtype", "base_ms", "new_ms", "change"]),
     ("added", "Added", ["impl", "property", "dtype", "status"]),
     ("removed", "Removed", ["impl", "property", "dtype", "base_status"]),
 ]
@@ -201,6 +277,9 @@ def to_markdown(cmp: dict) -> str:
     lines = [f"# attention-harness compare: {esc(cmp['base'])} → {esc(cmp['new'])}", "",
              (f"**REGRESSED**: {n} regression(s)." if cmp["regressed"] else "**No regressions.**") +
              f" Ratio threshold {cmp['ratio_threshold']}x, slowdown threshold {cmp['slowdown']:.0%}.", ""]
+    clear = [it["message"] for k in ("missing_implementations", "lost_coverage") for it in cmp.get(k) or []]
+    if clear:
+        lines += [f"- REGRESSION: {esc(m)}" for m in clear] + [""]
     for key, title, cols in SECTIONS:
         items = cmp.get(key) or []
         if not items:

@@ -5,7 +5,10 @@ Everything here is read black-box off the implementation (weights via one-hot va
 (:func:`harness.reference.attention_weights_reference`) on :data:`CANONICAL` inputs:
 
 - :func:`attention_maps` ``(impl, dtype, device)``: per canonical input, the mask, the reference
-  weights and the implementation's weights of batch 0, head 0 (LxS lists), and the leaked cells.
+  weights and the implementation's weights of one (batch, head) slice (LxS lists; batch 0, head 0,
+  except the GQA input, which shows head 1: there the correct map ``h // (H // Hkv)`` and a tiled
+  one ``h % Hkv`` read different kv heads), the leaked cells and the max |difference| from the
+  reference.
 - :func:`entropy_stats` ``(weights, visible)``: per-row entropy normalised by log(#visible keys),
   per head and summarised (mean, 10-bin histogram over [0, 1], collapse and over-diffusion
   fractions); :func:`compare_entropy` puts an implementation next to the reference and flags a
@@ -28,7 +31,7 @@ CAVEAT = ("Attention weights are a trace of information flow, not an explanation
           "MLPs, layer norms and later layers can change or override what a single attention map appears "
           "to show; use ablations and causal interventions too.")
 
-WHICH = "batch 0, head 0"  # the slice each map shows
+WHICH = "batch 0, head 0"  # the slice each map shows, unless its Canonical names another head
 ENTROPY_BINS = 10
 COLLAPSE_BELOW = 0.05
 DIFFUSE_ABOVE = 0.95
@@ -41,6 +44,11 @@ class Canonical:
     key: str
     title: str
     case: object  # harness.cases.Case (float32 cpu; moved to the dtype/device asked for)
+    head: int = 0  # the query head the map shows (batch 0)
+
+    @property
+    def which(self) -> str:
+        return f"batch 0, head {self.head}"
 
 
 def _canonical():
@@ -56,9 +64,10 @@ def _canonical():
         Canonical("rag", "RAG prompt rag(2, [3, 3], 3): retrieved chunks never read each other",
                   Case(B=1, H=2, Hkv=2, L=11, S=11, E=16, Ev=16, policy="rag(2, [3, 3], 3)", mask="bool",
                        mask_shape="LS", magnitude=2.0, seed=13)),
-        Canonical("gqa", "Grouped-query attention (H=4, Hkv=2, L=S=8, causal): heads 0,1 share kv head 0",
+        Canonical("gqa", "Grouped-query attention (H=4, Hkv=2, L=S=8, causal): query head 1 must read kv head 0 "
+                         "(h // 2), not kv head 1 (a tiled h % 2 map)",
                   Case(B=1, H=4, Hkv=2, L=8, S=8, E=16, Ev=16, policy="causal()", mask="bool",
-                       mask_shape="LS", magnitude=2.0, seed=14)),
+                       mask_shape="LS", magnitude=2.0, seed=14), head=1),
     )
 
 
@@ -116,33 +125,45 @@ def _grid(t: torch.Tensor, nd: int = 4) -> list:
     return out
 
 
+def _max_abs(t: torch.Tensor):
+    """max |t| rounded to 6 decimals; the string "inf" when any entry is not finite (JSON has no Infinity)."""
+    v = float(t.abs().nan_to_num(float("inf")).max()) if t.numel() else 0.0
+    return round(v, 6) if math.isfinite(v) else "inf"
+
+
 def _map_entry(canon: Canonical, w: dict) -> dict:
     case = w["case"]
-    entry = {"key": canon.key, "title": canon.title, "case": repr(case), "which": WHICH,
-             "unsupported": w["unsupported"]}
+    h = min(canon.head, case.H - 1)
+    entry = {"key": canon.key, "title": canon.title, "case": repr(case), "which": f"batch 0, head {h}",
+             "head": h, "unsupported": w["unsupported"]}
     if w["inp"] is None:
-        entry.update(mask=None, reference=None, implementation=None, leaked=None, leaked_total=None)
+        entry.update(mask=None, reference=None, implementation=None, leaked=None, leaked_total=None,
+                     max_abs_diff=None, max_abs_diff_total=None)
         return entry
-    vis = w["inp"].visible.cpu()
-    entry["mask"] = vis[0, 0].int().tolist()
-    entry["reference"] = _grid(w["ref"][0, 0])
+    vis = w["inp"].visible.cpu().expand(w["ref"].shape)
+    entry["mask"] = vis[0, h].int().tolist()
+    entry["reference"] = _grid(w["ref"][0, h])
     if w["impl"] is None:
-        entry.update(implementation=None, leaked=None, leaked_total=None)
+        entry.update(implementation=None, leaked=None, leaked_total=None, max_abs_diff=None, max_abs_diff_total=None)
         return entry
     wi = w["impl"]
-    entry["implementation"] = _grid(wi[0, 0])
+    entry["implementation"] = _grid(wi[0, h])
     leak = (~vis) & (wi != 0)  # NaN != 0 counts as leaked too
-    entry["leaked"] = int(leak[0, 0].sum())
+    entry["leaked"] = int(leak[0, h].sum())
     entry["leaked_total"] = int(leak.sum())
-    entry["max_abs_diff"] = float((wi - w["ref"]).abs().nan_to_num(float("inf")).max())
+    diff = wi - w["ref"]
+    entry["max_abs_diff"] = _max_abs(diff[0, h])  # the slice shown ("inf": non-finite weights)
+    entry["max_abs_diff_total"] = _max_abs(diff)  # every batch and head
     return entry
 
 
 def attention_maps(impl, dtype: str = "float32", device: str = "cpu") -> list:
-    """One dict per canonical input: ``title``, ``case`` (repr), ``which`` (batch 0, head 0),
-    ``mask`` (LxS 0/1), ``reference`` and ``implementation`` (LxS weights, 4 decimals; None where
-    unsupported), ``leaked`` (forbidden cells with non-zero weight in the slice shown),
-    ``leaked_total`` (over all batches and heads) and ``unsupported`` (reason or None)."""
+    """One dict per canonical input: ``title``, ``case`` (repr), ``which`` and ``head`` (the slice
+    shown: batch 0, head 0; head 1 for the GQA input), ``mask`` (LxS 0/1), ``reference`` and
+    ``implementation`` (LxS weights, 4 decimals; None where unsupported), ``leaked`` (forbidden
+    cells with non-zero weight in the slice shown), ``leaked_total`` (over all batches and heads),
+    ``max_abs_diff`` (max |implementation - reference| in the slice shown; the string "inf" for
+    non-finite weights), ``max_abs_diff_total`` (over all batches and heads) and ``unsupported`` (reason or None)."""
     impl = _as_impl(impl)
     return [_map_entry(c, _weights(impl, c, dtype, device)) for c in CANONICAL]
 
@@ -253,7 +274,9 @@ def diagnose(impl, dtype: str = "float32", device: str = "cpu", threshold: float
     if ei:
         overall = _with_flags({"implementation": _summary(torch.cat(ei)), "reference": _summary(torch.cat(er))},
                               threshold)
-    return {"dtype": dtype, "device": device, "which": WHICH, "caveat": CAVEAT, "maps": maps,
+    which = "; ".join(dict.fromkeys(f"{m['key']}: {m['which']}" for m in maps if m["which"] != WHICH))
+    which = WHICH + (f" ({which})" if which else "")
+    return {"dtype": dtype, "device": device, "which": which, "caveat": CAVEAT, "maps": maps,
             "entropy": {"per_case": per_case, "overall": overall}, "unsupported": unsupported, "cases": cases}
 
 
@@ -314,7 +337,7 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
                   ("reference (float64)", ref, dict(cmap="viridis", vmin=0, vmax=1)),
                   ("implementation" if has_impl else "implementation: unsupported", imp,
                    dict(cmap="viridis", vmin=0, vmax=1)),
-                  (f"difference (max {vmax:.2g})" if has_impl else "difference", diff,
+                  (f"difference (max |diff| {_diff_text(m, vmax)})" if has_impl else "difference", diff,
                    dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax))]
         for c, (name, data, kw) in enumerate(panels):
             ax = ax_row[c]
@@ -322,7 +345,7 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("key", fontsize=8)
             if c == 0:
-                t = m.get("title", "")
+                t = m.get("title", "") + (f" [{m['which']}]" if m.get("which") else "")
                 ax.set_ylabel(("\n".join(_wrap(t, 38)) + "\nquery"), fontsize=7)
             ax.tick_params(labelsize=6)
             if c > 0:
@@ -334,6 +357,14 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
         if has_impl and m.get("leaked"):
             ax_row[2].set_title(f"implementation: {m['leaked']} leaked cells", fontsize=9, color="red")
     return _save(fig, path, title)
+
+
+def _diff_text(m: dict, vmax: float) -> str:
+    d = m.get("max_abs_diff")
+    try:
+        return f"{float(d):.2g}"
+    except (TypeError, ValueError):
+        return f"{vmax:.2g}"
 
 
 def _wrap(text: str, width: int) -> list:

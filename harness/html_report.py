@@ -268,6 +268,49 @@ def _pct(x) -> str:
     return "" if x is None else f"{float(x):.0%}"
 
 
+def _per_head_table(ent: dict) -> str:
+    """Mean normalised entropy per head, implementation / reference, for each input (the issue's
+    "per head against the reference"); a head whose mean moved by more than the dashboard's flag
+    threshold is marked."""
+    from harness.diagnostics import FLAG_MEAN_DELTA
+
+    per_case = ent.get("per_case") or {}
+    rows, nh = [], 0
+    for name, e in per_case.items():
+        if not isinstance(e, dict):
+            continue
+        hi = (e.get("implementation") or {}).get("per_head")
+        hr = (e.get("reference") or {}).get("per_head")
+        if not isinstance(hi, list) and not isinstance(hr, list):
+            continue
+        hi, hr = hi if isinstance(hi, list) else [], hr if isinstance(hr, list) else []
+        n = max(len(hi), len(hr))
+        nh = max(nh, n)
+        cells = [esc(name)]
+        for h in range(n):
+            a = hi[h] if h < len(hi) else None
+            b = hr[h] if h < len(hr) else None
+            text = f"{esc(_fmt3(a))} / {esc(_fmt3(b))}"
+            try:
+                bad = abs(float(a) - float(b)) > FLAG_MEAN_DELTA
+            except (TypeError, ValueError):
+                bad = a is None and b is not None
+            cells.append((f"<span class=\"flag\">{text}</span>", "background:#fbe3b0") if bad else (text, ""))
+        rows.append(cells)
+    if not rows:
+        return ""
+    rows = [r + [""] * (nh + 1 - len(r)) for r in rows]
+    return ("<p>Mean normalised entropy per head (implementation / reference; highlighted: moved by more than "
+            f"{esc(FLAG_MEAN_DELTA)})</p>" + table(["input"] + [f"head {h}" for h in range(nh)], rows, raw=True))
+
+
+def _fmt3(x) -> str:
+    try:
+        return f"{float(x):.3f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
 def _diagnostics(report: dict) -> str:
     from harness import diagnostics as D
 
@@ -289,7 +332,9 @@ def _diagnostics(report: dict) -> str:
                     f"{esc(m.get('key'))} ({esc(m.get('unsupported'))})" for m in uns) + "</p>")
             if maps:
                 out.append("<p class=\"muted\">" + "<br>".join(
-                    f"{esc(m.get('title'))} — <code>{esc(m.get('case'))}</code>" for m in maps) + "</p>")
+                    f"{esc(m.get('title'))} — <code>{esc(m.get('case'))}</code> — "
+                    f"{esc(m.get('which') or d.get('which') or 'batch 0, head 0')}{_diff_note(m)}" for m in maps)
+                           + "</p>")
                 try:
                     uri = png_data_uri(lambda f, maps=maps: D.plot_maps(maps, f), ["maps", maps])
                     out.append(img(uri, f"attention maps of {name} ({d.get('which', 'batch 0, head 0')}): "
@@ -307,9 +352,24 @@ def _diagnostics(report: dict) -> str:
                 except Exception as e:  # noqa: BLE001
                     out.append(f"<p class=\"flag\">entropy not drawn: {esc(type(e).__name__)}: {esc(e)}</p>")
                 out.append(_entropy_table(ent))
+                out.append(_per_head_table(ent))
     if not out:
         return ""
     return f"<p class=\"caveat\">{esc(caveat or D.CAVEAT)}</p>\n" + "\n".join(out)
+
+
+def _diff_note(m: dict) -> str:
+    """`` · max |diff| x`` for a map that carries its difference from the reference (flagged
+    above 1e-3: far beyond rounding for weights in [0, 1])."""
+    d = m.get("max_abs_diff")
+    if d is None:
+        return ""
+    try:
+        v = float(d)
+    except (TypeError, ValueError):
+        return f" · max |diff| {esc(d)}"
+    text = f"max |diff| vs reference {v:.3g}"
+    return f" · <span class=\"flag\">{esc(text)}</span>" if not v <= 1e-3 else f" · {esc(text)}"
 
 
 def _ablations(report: dict) -> str:
@@ -326,7 +386,7 @@ def _ablations(report: dict) -> str:
             if not (isinstance(impact, list) and impact and all(isinstance(row, list) for row in impact)):
                 out.append("<pre>" + esc(json.dumps(ab, default=str)[:4000]) + "</pre>")
                 continue
-            meta = {k: v for k, v in ab.items() if k != "impact" and not isinstance(v, (list, dict))}
+            meta = {k: v for k, v in ab.items() if k not in ("impact", "caveat") and not isinstance(v, (list, dict))}
             if meta:
                 out.append("<p class=\"muted\">" + esc(", ".join(f"{k}: {v}" for k, v in meta.items())) + "</p>")
             try:
@@ -338,11 +398,42 @@ def _ablations(report: dict) -> str:
             out.append("<p>Impact (layers x heads)</p>" + table(
                 ["layer"] + [f"head {h}" for h in range(nh)],
                 [[str(li)] + [_fmt(_num(x)) for x in row] for li, row in enumerate(impact)]))
-            ranking = [x for x in (ab.get("ranking") or []) if isinstance(x, dict)][:10]
+            ranking = [x for x in (ab.get("ranking") or []) if isinstance(x, dict)]
             if ranking:
                 cols = list(dict.fromkeys(k for x in ranking for k in x))
-                out.append("<p>Most important heads</p>" + table(cols, [[_fmt(x.get(c)) for c in cols] for x in ranking]))
+                top = ranking[:10]
+                out.append("<p>Most important heads</p>" + table(cols, [[_fmt(x.get(c)) for c in cols] for x in top]))
+                low = ranking[len(top):][-5:]
+                if low:
+                    out.append("<p>Least important heads (low end of the ranking)</p>"
+                               + table(cols, [[_fmt(x.get(c)) for c in cols] for x in low]))
+            out.append(_inactive(ab))
+            out.append(f"<p class=\"caveat\">{esc(ab.get('caveat') or ABLATION_CAVEAT)}</p>")
     return "\n".join(out)
+
+
+ABLATION_CAVEAT = ("Attention weights and ablations are evidence, not a full explanation: a head with low "
+                   "ablation impact may still matter together with others, and one with high impact need not "
+                   "do what its attention map suggests.")
+
+
+def _inactive(ab: dict) -> str:
+    """The heads the ablation flags as inactive or redundant (impact below its threshold)."""
+    ina = ab.get("inactive")
+    if not isinstance(ina, list):
+        return ""
+    thr = ab.get("threshold")
+    what = f"impact &lt; {esc(_fmt(_num(thr)))}" if thr is not None else "below the threshold"
+    if not ina:
+        return f"<p>Inactive or redundant heads ({what}): none.</p>"
+    names = []
+    for x in ina:
+        if isinstance(x, dict):
+            names.append(f"layer {esc(x.get('layer'))} head {esc(x.get('head'))}")
+        else:
+            names.append(esc(x))
+    return (f"<p class=\"flag\">Inactive or redundant heads ({what}; {len(names)}): "
+            + ", ".join(names) + "</p>")
 
 
 def _num(x):

@@ -148,6 +148,58 @@ def strict_notes(report: dict) -> list:
     return notes
 
 
+MD_DIAGNOSTICS_CAVEAT = ("Attention weights are evidence, not an explanation: a trace of information flow that "
+                         "residual connections, MLPs and later layers can change or override.")
+
+
+def _md_float(x) -> float:
+    try:
+        return float(x)  # "inf" too
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _md_diagnostics(report: dict) -> list:
+    """A short "Diagnostics" section for report.md: which attention maps and entropy dashboards
+    the run recorded (drawn in report.html), leaked-cell counts, entropy flags, the caveat."""
+    rows, caveat = [], None
+    for impl in report.get("implementations") or []:
+        for r in impl.get("results") or []:
+            w = r.get("worst") if isinstance(r, dict) else None
+            d = w.get("diagnostics") if isinstance(w, dict) else None
+            if not isinstance(d, dict):
+                continue
+            caveat = d.get("caveat") or caveat
+            maps = [m for m in (d.get("maps") or []) if isinstance(m, dict)]
+            drawn = [str(m.get("key")) for m in maps if m.get("implementation") is not None]
+            leaks = ", ".join(f"{m.get('key')}: {m.get('leaked_total')}" for m in maps if m.get("leaked_total"))
+            diffs = [m for m in maps if _md_float(m.get("max_abs_diff")) > 1e-3]
+            ent = d.get("entropy") if isinstance(d.get("entropy"), dict) else {}
+            ov = ent.get("overall") if isinstance(ent.get("overall"), dict) else None
+            if ov and isinstance(ov.get("implementation"), dict) and ov["implementation"].get("mean") is not None:
+                e = (f"{ov['implementation']['mean']:.3f} vs {ov['reference']['mean']:.3f}"
+                     if isinstance(ov.get("reference"), dict) and ov["reference"].get("mean") is not None
+                     else f"{ov['implementation']['mean']:.3f}")
+                e += (" (flagged)" if ov.get("flags") else "")
+            else:
+                e = "none"
+            rows.append([impl.get("name"), d.get("dtype") or r.get("dtype"), ", ".join(drawn) or "none",
+                         leaks or "0",
+                         ", ".join(f"{m.get('key')} ({m.get('which')}): {_md_float(m['max_abs_diff']):.3g}" for m in diffs) or "—",
+                         e])
+    if not rows:
+        return []
+    from tabulate import tabulate
+
+    return ["## Diagnostics (attention maps and entropy)", "",
+            "Attention maps (mask, float64 reference, implementation, difference) and entropy dashboards "
+            "are drawn in `report.html` next to this file.", "",
+            tabulate([[_md_escape(c) for c in row] for row in rows],
+                     headers=["implementation", "dtype", "maps", "leaked cells", "max weight difference > 1e-3",
+                              "mean normalised entropy (impl vs reference)"], tablefmt="github"),
+            "", f"_{caveat or MD_DIAGNOSTICS_CAVEAT}_", ""]
+
+
 def to_markdown(report: dict) -> str:
     from tabulate import tabulate
 
@@ -195,6 +247,7 @@ def to_markdown(report: dict) -> str:
             lines += ["```", r["message"].strip(), "```", ""]
             if r.get("repro"):
                 lines += ["Reproduce:", "", "```sh", r["repro"], "```", ""]
+    lines += _md_diagnostics(report)
     unsupported = [(i["name"], r) for i in report["implementations"] for r in i["results"] if r["status"] == "unsupported"]
     if unsupported:
         lines += ["## Unsupported (declared capabilities)", ""]

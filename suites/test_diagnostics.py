@@ -47,12 +47,14 @@ def _compact_entropy(e):
 
 @pytest.mark.tier("info")
 def test_attention_maps_and_entropy(target):
-    """Attention maps (mask, reference, implementation; batch 0, head 0) and normalised row
-    entropy against the reference on the canonical inputs (reported, never fails)."""
+    """Attention maps (mask, reference, implementation, max |difference|; batch 0, head 0, head 1 for
+    the GQA input) and normalised row entropy, per head too, against the reference on the canonical
+    inputs (reported, never fails)."""
     d = _diagnose(target)
     target.cases += len(d["maps"]) - len(d["unsupported"])
-    maps = [{k: m.get(k) for k in ("key", "title", "case", "which", "mask", "reference", "implementation",
-                                   "leaked", "leaked_total", "unsupported")} for m in d["maps"]]
+    maps = [{k: m.get(k) for k in ("key", "title", "case", "which", "head", "mask", "reference", "implementation",
+                                   "leaked", "leaked_total", "max_abs_diff", "max_abs_diff_total", "unsupported")}
+            for m in d["maps"]]
     ent = d["entropy"]
     target.record(diagnostics={
         "dtype": d["dtype"], "which": d["which"], "caveat": D.CAVEAT, "maps": maps,

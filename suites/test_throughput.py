@@ -79,9 +79,12 @@ def _throughput(target, shape, request, backward):
     data = _data(shape, target.dtype, target.device)
     target.cases += 1
     target.last_case = data.case
-    target.record(bench.check_forward(target.impl, data, target.forward_factor))
+    # The timed shape goes into the result (also when the check fails): `compare` keys on it.
+    where = dict(shape=shape.to_dict(), mode=shape.mode, direction="backward" if backward else "forward")
+    target.record(**where)
+    target.record(bench.check_forward(target.impl, data, target.forward_factor), **where)
     if backward:
-        target.record(bench.check_backward(target.impl, data, target.backward_factor))
+        target.record(bench.check_backward(target.impl, data, target.backward_factor), **where)
 
     w = bench.Workload(target.impl, data, backward, target.forward_factor, target.backward_factor)
     mem, mem_method, first_s = bench.peak_memory(w)  # untimed; counts as a warm-up call

@@ -205,3 +205,128 @@ def test_registered_in_cli(tmp_path, base, capsys):
     p = _write(tmp_path, "a.json", base)
     assert cli.main(["compare", p, p]) == 0
     assert cli.main(["compare", p, str(tmp_path / "nope.json")]) == 2
+
+
+# --- throughput recorded by `check --suite throughput` -----------------------------------------
+
+def _tp_result(shape, median_ms, backward=False, status="pass"):
+    """A result as suites/test_throughput.py stores it: the check's comparison, the timed shape,
+    mode, direction and the timing numbers merged into ``worst``."""
+    f = 4.0 * shape["B"] * shape["H"] * shape["L"] * shape["S"] * shape["E"] * (0.5 if shape["causal"] else 1.0) * \
+        (2.5 if backward else 1.0)
+    r = _result("test_throughput_backward" if backward else "test_throughput", status=status, suite="throughput",
+                ratio=0.2)
+    r["worst"].update(shape=dict(shape), mode="prefill", direction="backward" if backward else "forward",
+                      median_ms=median_ms, tflops=f / (median_ms * 1e-3) / 1e12, gbps=None)
+    return r
+
+
+SHAPES = [dict(B=1, H=2, Hkv=2, L=64, S=64, E=16, causal=False),
+          dict(B=1, H=2, Hkv=2, L=128, S=128, E=16, causal=True)]
+
+
+def _check_tp_report():
+    rep = _base()
+    del rep["throughput"]  # a check report: timings live in the results only
+    for impl in rep["implementations"]:
+        impl["results"] += [_tp_result(sh, 0.02 * (i + 1), bw) for bw in (False, True) for i, sh in enumerate(SHAPES)]
+    return rep
+
+
+def test_check_report_throughput_slowdown_exit_1(tmp_path, capsys):
+    base = _check_tp_report()
+    a = _write(tmp_path, "a.json", base)
+    rc, out, _ = run(["compare", a, _write(tmp_path, "same.json", copy.deepcopy(base))], capsys)
+    assert rc == 0 and "No regressions" in out
+    new = copy.deepcopy(base)
+    r = [r for r in new["implementations"][1]["results"] if r["property"] == "test_throughput"][1]  # flash, 2nd shape
+    r["worst"]["tflops"] *= r["worst"]["median_ms"] / (r["worst"]["median_ms"] * 1.3)
+    r["worst"]["median_ms"] *= 1.3
+    rc, out, _ = run(["compare", a, _write(tmp_path, "b.json", new)], capsys)
+    assert rc == 1 and "Throughput slowdowns" in out and "+30.0%" in out
+    s = C.compare_reports(base, new)["slowdowns"]
+    assert [(x["impl"], x["direction"], x["shape"]) for x in s] == \
+        [("flash", "forward", "B=1 E=16 H=2 Hkv=2 L=128 S=128 causal=True")]
+    # the shapes do not collapse onto one property key: a status change in one shape is seen
+    bad = copy.deepcopy(base)
+    bad["implementations"][0]["results"][-1].update(status="fail", message="wrong output")
+    nf = C.compare_reports(base, bad)["newly_failing"]
+    assert [x["property"] for x in nf] == \
+        ["throughput::test_throughput_backward[B=1 E=16 H=2 Hkv=2 L=128 S=128 causal=True]"]
+
+
+def test_real_check_throughput_report(tmp_path, capsys):
+    """The keys above are the ones a real `check --suite throughput` run writes."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ATTN_HARNESS_BENCH_SHAPES": "prefill:1x2x32x16,prefill:1x2x64x16:causal"}
+    proc = subprocess.run([sys.executable, "-m", "harness", "check", "--impl", "sdpa", "--suite", "throughput",
+                           "--profile", "quick", "--report-dir", str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = json.loads((tmp_path / "report.json").read_text())
+    timed = [r for r in base["implementations"][0]["results"] if "median_ms" in (r.get("worst") or {})]
+    if not timed:
+        pytest.skip("no timings recorded (pytest-benchmark unavailable in the check run)")
+    assert len(timed) == 4  # two shapes, forward and backward
+    new = copy.deepcopy(base)
+    r = next(r for r in new["implementations"][0]["results"]
+             if r["property"] == "test_throughput" and r["worst"]["shape"]["L"] == 64)
+    r["worst"]["median_ms"] *= 2
+    r["worst"]["tflops"] /= 2
+    a, b = _write(tmp_path, "a.json", base), _write(tmp_path, "b.json", new)
+    assert run(["compare", a, a], capsys)[0] == 0
+    rc, out, _ = run(["compare", a, b], capsys)
+    assert rc == 1 and "+100.0%" in out
+    assert [x["shape"] for x in C.compare_reports(base, new)["slowdowns"]] == \
+        ["B=1 E=16 H=2 Hkv=2 L=64 S=64 causal=True"]
+
+
+# --- corner cases ----------------------------------------------------------------------------
+
+def test_gate_pass_to_unsupported_exit_1(tmp_path, base, capsys):
+    new = copy.deepcopy(base)
+    _res(new, "flash", "test_ones").update(status="unsupported", message="needs dense boolean or float masks")
+    rc, out, _ = run(["compare", _write(tmp_path, "a.json", base), _write(tmp_path, "b.json", new)], capsys)
+    assert rc == 1
+    lc = C.compare_reports(base, new)["lost_coverage"]
+    assert [(x["impl"], x["property"]) for x in lc] == [("flash", "correctness::test_ones")]
+    assert "REGRESSION: passed in " in out and "unsupported in " in out and "no longer certified" in out
+    # an info-tier property going unsupported is coverage information, not a regression
+    info = copy.deepcopy(base)
+    _res(info, "flash", "test_info")["status"] = "unsupported"
+    cmp = C.compare_reports(base, info)
+    assert not cmp["regressed"] and len(cmp["newly_unsupported"]) == 1
+
+
+def test_implementation_missing_from_new_exit_1(tmp_path, base, capsys):
+    new = copy.deepcopy(base)
+    new["implementations"] = [i for i in new["implementations"] if i["name"] != "flash"]
+    new["throughput"] = [e for e in new["throughput"] if e["impl"] != "flash"]
+    rc, out, _ = run(["compare", _write(tmp_path, "a.json", base), _write(tmp_path, "b.json", new)], capsys)
+    assert rc == 1
+    cmp = C.compare_reports(base, new, base_label="a.json", new_label="b.json")
+    assert [x["impl"] for x in cmp["missing_implementations"]] == ["flash"] and not cmp["removed"]
+    assert "REGRESSION: implementation 'flash' is in" in out and "but missing from" in out
+    # the other way round, a new implementation is information
+    assert not C.compare_reports(new, base)["regressed"]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_ratio_growth_follows_tiers(base, strict):
+    for tier in ("info", "strict"):
+        new = copy.deepcopy(base)
+        new["options"]["strict"] = strict
+        r = _res(new, "sdpa", "test_ones")
+        r["tier"] = tier
+        r["worst"]["ratio"] = 1.8  # 36x, still passing
+        b = copy.deepcopy(base)
+        _res(b, "sdpa", "test_ones")["tier"] = tier
+        cmp = C.compare_reports(b, new)
+        regress = tier == "strict" and strict  # harness.tiers.enforced
+        assert cmp["regressed"] == regress, (tier, strict)
+        assert len(cmp["ratio_growth"]) == int(regress)
+        assert len(cmp["ratio_growth_not_enforced"]) == int(not regress)

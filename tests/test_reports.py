@@ -103,6 +103,14 @@ def test_real_run_diagnostics_stored(real_run):
             assert set(x for row in m["mask"] for x in row) <= {0, 1}
             assert all(x == round(x, 4) for row in m["implementation"] for x in row)
             assert m["leaked"] == 0
+            assert m["which"] == f"batch 0, head {m['head']}" and m["head"] == (1 if m["key"] == "gqa" else 0)
+            if impl["name"] == "missing_scale":
+                assert m["max_abs_diff"] > 0.01
+            else:
+                assert m["max_abs_diff"] < 1e-5 and m["max_abs_diff_total"] < 1e-5
+        for key, e in diag["entropy"]["per_case"].items():
+            H = next(c.case.H for c in D.CANONICAL if c.key == key)
+            assert len(e["implementation"]["per_head"]) == len(e["reference"]["per_head"]) == H
         ent = diag["entropy"]["overall"]
         if impl["name"] == "missing_scale":
             assert ent["mean_delta"] < -0.05 and ent["flags"]
@@ -124,6 +132,12 @@ def test_real_run_html(real_run):
     assert "Comparison matrix" in text and "Semantic fingerprints" in text and "Failures" in text
     assert "attn-harness check --impl fixtures/planted.py:missing_scale" in text  # reproduction command
     assert "src=\"http" not in html and "<link" not in html  # self-contained
+    # per-head entropy against the reference: one column per head of the widest input (GQA: 4)
+    assert "Mean normalised entropy per head" in text and "head 3" in text
+    assert "max |diff| vs reference" in text
+    missing = html[html.index("<h3>missing_scale"):]
+    assert "<span class=\"flag\">max |diff| vs reference" in missing  # its maps differ
+    assert "<span class=\"flag\">" in missing[missing.index("Mean normalised entropy per head"):]
 
 
 def test_real_run_junit_and_markdown(real_run):
@@ -139,6 +153,13 @@ def test_real_run_junit_and_markdown(real_run):
     assert "| property" in md and "diagnostics::test_entropy_matches_reference" in md
     header = next(line for line in md.splitlines() if line.startswith("| property"))
     assert all(i["name"] in header for i in report["implementations"])
+    # a short diagnostics section pointing to report.html, with leaked-cell counts and the caveat
+    sec = md[md.index("## Diagnostics"):]
+    assert "report.html" in sec and D.CAVEAT in sec and "leaked cells" in sec
+    rows = [line for line in sec.splitlines() if line.startswith("| ") and "implementation" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == [i["name"] for i in report["implementations"]]
+    assert all("causal, padding, rag, gqa" in r for r in rows)
+    assert "(flagged)" in rows[2] and "(flagged)" not in rows[0]
 
 
 # --- synthetic reports ------------------------------------------------------------------------
@@ -252,13 +273,90 @@ def test_write_all_writes_html(tmp_path):
     ET.parse(paths["junit"])
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="no headless Chromium here")
-def test_renders_in_headless_chromium(tmp_path):
-    p = tmp_path / "report.html"
-    p.write_text(html_report.render(_hostile_report(), None))
-    out = subprocess.run(["/usr/bin/chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
-                          p.as_uri()], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "Comparison matrix" in out.stdout and "alert(1)</script>" not in out.stdout
+def _chromium():
+    """A Chromium that runs (Ubuntu's chromium-browser may be a stub asking for snap), or None."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if not path:
+            continue
+        try:
+            if subprocess.run([path, "--version"], capture_output=True, timeout=30).returncode == 0:
+                return path
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return None
+
+
+CHROMIUM = _chromium()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no working headless Chromium on PATH (chromium, chromium-browser or "
+                                             "google-chrome): .ci/run installs Debian's chromium where it can")
+def test_renders_in_headless_chromium(real_run, tmp_path):
+    """The report.html of the real three-implementation check run, opened by a real browser: the
+    DOM Chromium builds holds the comparison matrix (every implementation a column) and the
+    attention-map heatmaps as embedded PNG images."""
+    _, d, report = real_run
+    html_path = d / "report.html"
+    out = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html_path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dom = _Dom()
+    dom.feed(out.stdout)
+    assert "Comparison matrix" in dom.h2
+    matrix = dom.tables[0]
+    names = [i["name"] for i in report["implementations"]]
+    assert len(names) >= 3 and matrix["headers"][2:] == names
+    assert any(row and row[0].startswith("diagnostics::") for row in matrix["rows"])
+    heatmaps = [i for i in dom.imgs if i.get("src", "").startswith("data:image/png;base64,")
+                and i.get("alt", "").startswith("attention maps of ")]
+    assert {n for n in names if any(f"attention maps of {n} " in i["alt"] for i in heatmaps)} == set(names)
+    assert all(len(i["src"]) > 1000 for i in heatmaps)
+
+
+class _Dom(HTMLParser):
+    """Tables (header cells and rows of cell text), <h2> texts and images of a DOM dump."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.h2, self.imgs = [], [], []
+        self._cell = self._h2 = None
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append({"headers": [], "rows": []})
+        elif tag == "tr" and self.tables:
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "h2":
+            self._h2 = []
+        elif tag == "img":
+            self.imgs.append(dict(attrs))
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append(("th" if tag == "th" else "td", "".join(self._cell).strip()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if all(k == "th" for k, _ in self._row):
+                self.tables[-1]["headers"] = [t for _, t in self._row]
+            else:
+                self.tables[-1]["rows"].append([t for _, t in self._row])
+            self._row = None
+        elif tag == "h2" and self._h2 is not None:
+            self.h2.append("".join(self._h2).strip())
+            self._h2 = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._h2 is not None:
+            self._h2.append(data)
 
 
 # --- diagnostics units ------------------------------------------------------------------------
@@ -292,9 +390,52 @@ def test_attention_maps_unsupported_and_pictures(tmp_path):
     assert by["padding"]["unsupported"] and by["padding"]["implementation"] is None
     assert by["padding"]["reference"] is not None and by["padding"]["mask"][0][:6] == [1] * 5 + [0]
     for m in maps:
-        assert m["which"] == "batch 0, head 0" and m["title"] and m["case"].startswith("Case(")
+        assert m["which"] == ("batch 0, head 1" if m["key"] == "gqa" else "batch 0, head 0")
+        assert m["title"] and m["case"].startswith("Case(")
     assert D.plot_maps(maps, tmp_path / "m.png") == tmp_path / "m.png"
     d = D.diagnose("sdpa")
     assert D.plot_entropy(d["entropy"], tmp_path / "e.png") == tmp_path / "e.png"
     for f in ("m.png", "e.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gqa_map_shows_a_tiled_head_mapping():
+    """The GQA map shows a query head whose kv head differs between h // (H // Hkv) and the tiled
+    h % Hkv, and carries its max |difference| from the reference into the report and the HTML."""
+    sys.path.insert(0, str(ROOT))
+    from fixtures import planted
+
+    tiled = {m["key"]: m for m in D.attention_maps(planted.gqa_tiled)}["gqa"]
+    good = {m["key"]: m for m in D.attention_maps("sdpa")}["gqa"]
+    assert tiled["which"] == good["which"] == "batch 0, head 1"
+    assert tiled["max_abs_diff"] > 0.05 and good["max_abs_diff"] < 1e-6
+    ref, imp = (torch.tensor(tiled[k], dtype=torch.float64) for k in ("reference", "implementation"))
+    assert (imp - ref).abs().max() > 0.05  # the shown grids differ, not only unseen heads
+    diag = _result("test_attention_maps_and_entropy", suite="diagnostics", tier="info",
+                   worst={"diagnostics": {"dtype": "float32", "caveat": D.CAVEAT, "maps": [tiled, good]}})
+    html = html_report.render(_report([_impl("gqa_tiled", [diag])]), None)
+    parse(html)
+    assert html.count("max |diff| vs reference") == 2
+    assert f"<span class=\"flag\">max |diff| vs reference {tiled['max_abs_diff']:.3g}</span>" in html
+
+
+def test_ablation_shows_inactive_heads_and_low_end():
+    ranking = [{"layer": i // 4, "head": i % 4, "impact": round(0.5 - 0.04 * i, 3), "entropy": 1.0}
+               for i in range(12)]
+    ab = {"layers": 3, "heads": 4, "metric": "mean |change of pair cosine|", "threshold": 0.1,
+          "impact": [[x["impact"] for x in ranking[r * 4:(r + 1) * 4]] for r in range(3)],
+          "ranking": ranking, "inactive": [{"layer": 2, "head": 3}, {"layer": 0, "head": 1}],
+          "caveat": "Attention weights and single-head ablations are evidence, not a full explanation: " + HOSTILE}
+    res = _result("test_head_ablation", suite="model", tier="info", worst={"ablation": ab})
+    html = html_report.render(_report([_impl("m", [res])]), None)
+    page = parse(html)
+    text = " ".join(page.text)
+    assert "Inactive or redundant heads" in text and "layer 2 head 3, layer 0 head 1" in text
+    assert "Least important heads" in text
+    low = html[html.index("Least important heads"):]
+    assert "<td>0.1</td>" in low and "<td>0.06</td>" in low  # ranks 11 and 12, beyond the top-10 table
+    assert "<td>0.06</td>" not in html[html.index("Most important heads"):html.index("Least important heads")]
+    assert "evidence, not a full explanation" in text and HOSTILE not in html
+    ab["inactive"] = []
+    assert "Inactive or redundant heads (impact &lt; 0.1): none." in html_report.render(
+        _report([_impl("m", [res])]), None)
