@@ -354,6 +354,9 @@ def pytest_runtest_makereport(item, call):
         why = _unsupported_cases()
         if why and t is not None and t.cases <= len(why):
             msg = f"NotImplementedError on every case it was given ({len(why)}); last: {why[-1]}"
+        elif why:
+            msg = (f"no case ran: {len(why)} of {t.cases if t is not None else '?'} raised NotImplementedError "
+                   f"(last: {why[-1]}); the others did not fit what the property needs")
         else:
             msg = "no drawn case of this property fits the declared capabilities"
         _store(item, hc, spec, dtype, tier, "unsupported", msg, t, rep)
@@ -374,7 +377,8 @@ def _skip_status(reason: str) -> str:
 
 
 def _clean_skip(reason: str) -> str:
-    r = reason.split("Skipped: ", 1)[-1]
+    # First line only: hypothesis appends its "Falsifying explicit example" note to a skip.
+    r = reason.split("Skipped: ", 1)[-1].strip().splitlines()[0] if reason.strip() else ""
     return r.replace("unsupported: ", "", 1).strip()
 
 

@@ -4,9 +4,11 @@ The implementation's error against the float64 reference may be at most ``factor
 error of a plain same-dtype PyTorch computation against the same reference. A fixed absolute
 tolerance gets looser as context grows (the output's spread shrinks with length), a ratio does
 not. The comparison is made per (batch, head, query row), so a leak confined to a few rows is not
-hidden by a global maximum; each row's allowance is at least the baseline's mean row error, so
-chance row-to-row differences between equally precise kernels are not failures. A small floor, a few units in the last place of the row's value
-scale, keeps a row that the baseline happens to get exactly right from demanding perfection.
+hidden by a global maximum. Each row's allowance is ``factor`` times the larger of the baseline's
+error on that row and a floor of a few units in the last place, measured at the row's value scale
+and conditioned on its largest |logit|: without the floor, a row that the baseline happens to get
+exactly right would demand perfection, and chance row-to-row differences between equally precise
+kernels would fail.
 """
 
 from __future__ import annotations
