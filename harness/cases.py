@@ -53,6 +53,7 @@ class Case:
     magnitude: float = 1.0  # typical |logit|
     alignment: str = "top_left"  # how is_causal is aligned (the implementation's declaration)
     seed: int = 0
+    activations: Optional[int] = None  # a layer of real Q/K/V (harness.activations) instead of random
 
     def __repr__(self) -> str:
         # Only the fields that differ from the defaults, strings in double quotes: the repr goes
@@ -87,7 +88,9 @@ class Case:
         if self.enable_gqa:
             extra.append(f"GQA {self.H}/{self.Hkv}")
         if self.magnitude != 1.0:
-            extra.append(f"|logit|~{self.magnitude:g}")
+            extra.append(f"|logit|~{self.magnitude:g}" if self.activations is None else f"q x{self.magnitude:g}")
+        if self.activations is not None:
+            extra.append(f"real MiniLM activations, layer {self.activations}")
         return (f"B={self.B} H={self.H} L={self.L} S={self.S} E={self.E} Ev={self.Ev} {self.dtype} "
                 f"{self.policy} via {m}" + (" " + " ".join(extra) if extra else "") + f" seed={self.seed}")
 
@@ -103,14 +106,20 @@ class Case:
         return M.render(pol, self.B, self.H, self.L, self.S, device=self.device)
 
     def materialize(self) -> "Inputs":
-        g = torch.Generator().manual_seed(self.seed)
         dt = self.torch_dtype
-        q = torch.randn(self.B, self.H, self.L, self.E, generator=g)
-        k = torch.randn(self.B, self.Hkv, self.S, self.E, generator=g)
-        v = torch.randn(self.B, self.Hkv, self.S, self.Ev, generator=g)
-        # Logits ~ magnitude: q.k has spread sqrt(E); the softmax scale divides that back out.
-        sc = self.scale if self.scale is not None else 1.0 / math.sqrt(self.E)
-        q = q * (self.magnitude / (sc * math.sqrt(self.E)))
+        if self.activations is not None:
+            from harness import activations
+
+            q, k, v = activations.qkv(self.activations, self.B, self.H, self.L, self.S, self.E, self.Ev)
+            q = q * self.magnitude  # 1.0: the model's own logits
+        else:
+            g = torch.Generator().manual_seed(self.seed)
+            q = torch.randn(self.B, self.H, self.L, self.E, generator=g)
+            k = torch.randn(self.B, self.Hkv, self.S, self.E, generator=g)
+            v = torch.randn(self.B, self.Hkv, self.S, self.Ev, generator=g)
+            # Logits ~ magnitude: q.k has spread sqrt(E); the softmax scale divides that back out.
+            sc = self.scale if self.scale is not None else 1.0 / math.sqrt(self.E)
+            q = q * (self.magnitude / (sc * math.sqrt(self.E)))
         visible = self.visible()
         mask = self._mask_tensor(visible, dt)
         dev = self.device
@@ -171,6 +180,9 @@ class Case:
             return None
         if caps.fully_masked_rows is None and not bool(c.visible().any(-1).all()):
             return None
+        shape = lambda x: (x.B, x.H, x.Hkv, x.L, x.S, x.E, x.Ev)  # noqa: E731
+        if c.activations is not None and shape(c) != shape(self):
+            return None  # real activations have the shape they were captured with
         return c
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
+from harness import activations as real
 from harness.cases import Case
 
 PAD = dict(policies=("key_padding",), mask_kinds=("bool", "float"))
@@ -24,6 +25,7 @@ def _pad_keys(inp):
 @given(case=hs.cases(**PAD), how=PERTURB)
 @example(case=Case(B=2, H=1, Hkv=1, L=4, S=5, E=16, Ev=16, policy="key_padding([1, 5])", mask="bool", mask_shape="B11S"), how="adversarial")
 @example(case=Case(B=3, H=2, Hkv=1, L=3, S=6, E=16, Ev=16, policy="key_padding([2, 6, 1])", mask="float", mask_shape="B1LS"), how="huge")
+@example(case=real.case(2), how="adversarial")
 def test_padding_content_invariance(target, case, how):
     """Real tokens' outputs do not depend on what the padding contains (bitwise)."""
     target.require_mask()
