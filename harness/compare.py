@@ -53,23 +53,17 @@ def _ratio(r: dict) -> Optional[float]:
 def _index(report: dict) -> dict:
     """{(impl name, "suite::property", dtype): result}. A property run once per shape (the
     throughput suite's parametrised tests) gets the shape in brackets, so the shapes do not
-    collapse into one key; any other repeat gets ``#2``, ``#3``..."""
+    collapse into one key."""
     out = {}
     for impl in report.get("implementations") or []:
         for r in impl.get("results") or []:
             if not isinstance(r, dict):
                 continue
             prop = f"{r.get('suite')}::{r.get('property')}"
-            if _is_throughput_result(r):
-                sk = _check_shape_key(r)
-                if sk:
-                    prop += f"[{sk}]"
-            key = (impl.get("name"), prop, r.get("dtype"))
-            n = 2
-            while key in out:
-                key = (impl.get("name"), f"{prop} #{n}", r.get("dtype"))
-                n += 1
-            out[key] = r
+            shape = _worst(r).get("shape")
+            if isinstance(shape, dict):
+                prop += f"[{_shape_key(shape)}]"
+            out[(impl.get("name"), prop, r.get("dtype"))] = r
     return out
 
 
@@ -83,11 +77,6 @@ def _is_throughput_result(r: dict) -> bool:
 
 def _worst(r: dict) -> dict:
     return r["worst"] if isinstance(r.get("worst"), dict) else {}
-
-
-def _check_shape_key(r: dict) -> Optional[str]:
-    shape = _worst(r).get("shape")
-    return _shape_key(shape) if isinstance(shape, dict) else None
 
 
 def _check_throughput(report: dict) -> list:

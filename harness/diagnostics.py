@@ -46,10 +46,6 @@ class Canonical:
     case: object  # harness.cases.Case (float32 cpu; moved to the dtype/device asked for)
     head: int = 0  # the query head the map shows (batch 0)
 
-    @property
-    def which(self) -> str:
-        return f"batch 0, head {self.head}"
-
 
 def _canonical():
     from harness.cases import Case

@@ -290,7 +290,7 @@ def _per_head_table(ent: dict) -> str:
         for h in range(n):
             a = hi[h] if h < len(hi) else None
             b = hr[h] if h < len(hr) else None
-            text = f"{esc(_fmt3(a))} / {esc(_fmt3(b))}"
+            text = " / ".join(esc(_fmt(_num(x)) if x is not None else "n/a") for x in (a, b))
             try:
                 bad = abs(float(a) - float(b)) > FLAG_MEAN_DELTA
             except (TypeError, ValueError):
@@ -302,13 +302,6 @@ def _per_head_table(ent: dict) -> str:
     rows = [r + [""] * (nh + 1 - len(r)) for r in rows]
     return ("<p>Mean normalised entropy per head (implementation / reference; highlighted: moved by more than "
             f"{esc(FLAG_MEAN_DELTA)})</p>" + table(["input"] + [f"head {h}" for h in range(nh)], rows, raw=True))
-
-
-def _fmt3(x) -> str:
-    try:
-        return f"{float(x):.3f}"
-    except (TypeError, ValueError):
-        return "n/a"
 
 
 def _diagnostics(report: dict) -> str:

@@ -393,6 +393,10 @@ def _jsonable(d: dict) -> dict:
     return out
 
 
+def _doc(item) -> str:
+    return (item.function.__doc__ or "").strip().split("\n")[0]
+
+
 def _unsupported_cases() -> list:
     from harness import probes
 
@@ -414,7 +418,7 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         "counterexample_extra": extras,
         "repro": _repro(item, hc, spec, dtype, case, extras) if status in ("fail", "error") else "",
         "seed": hc.seed, "duration_s": round(getattr(rep, "duration", 0.0), 3),
-        "doc": ((item.function.__doc__ or "").strip().split("\n")[0]),
+        "doc": _doc(item),
     }
     if status == "pass" and res["unsupported_cases"]:
         res["message"] = (f"{res['unsupported_cases']} of {res['cases']} cases unsupported (NotImplementedError), "
@@ -437,7 +441,7 @@ def _progress(config, event: dict):
 
     tr = config.pluginmanager.getplugin("terminalreporter")
     capman = config.pluginmanager.getplugin("capturemanager")
-    line = "HARNESS-PROGRESS " + json.dumps(event)
+    line = "HARNESS-PROGRESS " + json.dumps(event, default=str)  # as --harness-results writes them
     with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
         if tr is None:
             sys.__stderr__.write(line + "\n")
@@ -474,7 +478,7 @@ def pytest_runtest_setup(item):
         spec, dtype = item.callspec.params["target_key"]
         _progress(item.config, {"running": {"impl": spec, "suite": _suite(item), "property": item.originalname,
                                             "dtype": dtype, "tier": _tier(item),
-                                            "doc": (item.function.__doc__ or "").strip().split("\n")[0]}})
+                                            "doc": _doc(item)}})
 
 
 def pytest_collection_finish(session):

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +56,13 @@ class CheckOptions:
     extra_pytest_args: list = field(default_factory=list)
 
 
-def _pytest_command(opts: CheckOptions, spec: str, results_path: str) -> list:
+def _pytest_command(opts: CheckOptions, spec: str) -> list:
     sd = suites_dir()
     suites = opts.suites or default_suites()
     files = [str(sd / f"test_{s}.py") for s in suites]
     cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q", "--no-header",
            "-rN", "--tb=short", "--impl", spec, "--device", opts.device, "--profile", opts.profile,
-           "--harness-results", results_path, "--harness-progress", "--call-timeout", str(opts.call_timeout),
+           "--harness-progress", "--call-timeout", str(opts.call_timeout),
            "--forward-factor", str(opts.forward_factor), "--backward-factor", str(opts.backward_factor),
            "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning",
            # The suites live inside the installed package: don't let a project's own config
@@ -88,10 +87,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
             on_progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
     "duration_s", "problem", "problem_recorded" (the problem is already a result)}."""
-    fd, results_path = tempfile.mkstemp(suffix=".json", prefix="harness-results-")
-    os.close(fd)
-    os.unlink(results_path)
-    cmd = _pytest_command(opts, spec, results_path)
+    cmd = _pytest_command(opts, spec)
     t0 = time.time()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # The cases are small: one thread per process beats oversubscribed cores when --jobs > 1.
@@ -107,7 +103,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         proc.kill()
 
     problem_holder: list = []
-    streamed: list = []  # results as they happen: kept when the process dies before writing its file
+    results: list = []  # streamed as they happen, so a process that dies midway keeps what it finished
     running: dict = {}
     timer = threading.Timer(opts.impl_timeout, killer)
     timer.start()
@@ -126,7 +122,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
                     running = ev["running"]
                     continue
                 if "result" in ev:
-                    streamed.append(ev.pop("result"))
+                    results.append(ev.pop("result"))
                     running = {}
                 if on_progress:
                     on_progress(ev)
@@ -140,19 +136,12 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         timer.cancel()
     if problem_holder:
         problem = problem_holder[0]
-    results = []
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
-        os.unlink(results_path)
     rc = proc.returncode
     if problem is None and rc not in (0, 1):
         tail = "".join(log_lines[-15:]).strip()
         problem = f"pytest exited with status {rc}" + (f": {tail.splitlines()[-1]}" if tail else "")
         if rc < 0:
             problem = f"the test process was killed by signal {-rc} (the kernel crashed the interpreter?)"
-    if not results and streamed:
-        results = streamed
     problem_recorded = False
     if problem is not None and running:
         # The property in flight when the process hung or died is an error, not a silent gap.
