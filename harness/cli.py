@@ -96,6 +96,18 @@ def cmd_check(args) -> int:
     for s in args.suite or []:
         if s not in available_suites():
             return _usage_error(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
+    from harness.runner import property_names
+
+    known = property_names(args.suite)
+    for prop in args.property or []:
+        # --property is a pytest -k expression; a plain name must match some property, or the
+        # run would certify nothing and look like a failing kernel.
+        words = prop.replace("(", " ").replace(")", " ").split()
+        if any(w in ("and", "or", "not") for w in words):
+            continue
+        if not any(prop in k for k in known):
+            return _usage_error(f"unknown property {prop!r} in suites {', '.join(args.suite or ['(default)'])} "
+                                f"(known: {', '.join(sorted(set(known)))})")
     if args.device == "cuda":
         import torch
 
@@ -111,14 +123,19 @@ def cmd_check(args) -> int:
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
                         suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,
                         case=args.case, example=args.example, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
-                        forward_factor=args.forward_factor, backward_factor=args.backward_factor)
+                        forward_factor=args.forward_factor, backward_factor=args.backward_factor,
+                        forbid_ops=[p.strip() for p in (args.forbid_ops or "").split(",") if p.strip()],
+                        triton_interpret=args.triton_interpret)
     from harness.pytest_plugin import DEFAULT_SEED
 
-    options = {"device": args.device, "dtypes": dtypes or (["float32"] if args.device == "cpu" else
-                                                           ["float32", "bfloat16", "float16"]),
+    from harness.contract import ALL_DTYPES as _host
+
+    declared = [d for d in _host if any(d in i.capabilities.dtypes for i in impls)] or ["float32"]
+    options = {"device": args.device, "dtypes": dtypes or declared, "dtypes_from": "option" if dtypes else "declared",
                "profile": args.profile, "suites": args.suite or "default", "properties": args.property,
                "strict": args.strict, "seed": args.seed if args.seed is not None else DEFAULT_SEED,
-               "forward_factor": args.forward_factor, "backward_factor": args.backward_factor}
+               "forward_factor": args.forward_factor, "backward_factor": args.backward_factor,
+               "forbid_ops": opts.forbid_ops, "triton_interpret": bool(args.triton_interpret)}
     rep = R.new_report(options, ["attn-harness"] + sys.argv[1:], args.device)
     finished: dict = {}
     lock = threading.Lock()
@@ -199,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
     c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     c.add_argument("--dtype", default=None, metavar="LIST",
-                   help="comma-separated, e.g. float32,bfloat16,float16 (default: float32 on cpu, all three on cuda)")
+                   help="comma-separated, e.g. float32,bfloat16 (default: every dtype the implementation "
+                        "declares among float32, bfloat16, float16)")
     c.add_argument("--profile", default="default", choices=("quick", "default", "thorough"),
                    help="quick (<=15 s per implementation on 2 CPU cores), default (<=60 s), thorough (nightly)")
     c.add_argument("--suite", action="append", default=None, metavar="NAME",
@@ -218,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds one implementation's whole run may take (default 1800)")
     c.add_argument("--forward-factor", type=float, default=2.0, help="forward error bound factor (default 2)")
     c.add_argument("--backward-factor", type=float, default=3.0, help="gradient error bound factor (default 3)")
+    c.add_argument("--forbid-ops", default=None, metavar="PATTERNS",
+                   help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*') the kernel "
+                        "must not call: a match fails integrity::test_op_trace")
+    c.add_argument("--triton-interpret", action="store_true",
+                   help="run Triton kernels through Triton's CPU interpreter (sets TRITON_INTERPRET=1)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N implementations in parallel processes (default 1)")
     c.add_argument("--print-summary", action="store_true", help="also print the comparison matrix to stdout")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,21 @@ def suites_dir() -> Path:
 
 def available_suites() -> list[str]:
     return sorted(p.stem[5:] for p in suites_dir().glob("test_*.py"))
+
+
+def property_names(suites=None) -> list[str]:
+    """The property (test function) names of the given suites (default: the default suites), read
+    from the source without importing it."""
+    import ast
+
+    names = []
+    for s in suites or default_suites():
+        path = suites_dir() / f"test_{s}.py"
+        if path.exists():
+            tree = ast.parse(path.read_text())
+            names += [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and n.name.startswith("test_")]
+    return names
 
 
 def default_suites() -> list[str]:
@@ -53,7 +70,31 @@ class CheckOptions:
     impl_timeout: float = 1800.0
     forward_factor: float = 2.0
     backward_factor: float = 3.0
+    forbid_ops: list = field(default_factory=list)
+    triton_interpret: bool = False
     extra_pytest_args: list = field(default_factory=list)
+
+
+def absolute_spec(spec: str) -> str:
+    """A ``file.py:fn`` spec with an absolute path: the suite process runs in its own directory."""
+    if ":" in spec:
+        target, attr = spec.rsplit(":", 1)
+        if (target.endswith(".py") or "/" in target or os.sep in target) and not os.path.isabs(target):
+            return f"{os.path.abspath(target)}:{attr}"
+    return spec
+
+
+def suite_environment(opts: "CheckOptions") -> dict:
+    """The suite process's environment: it must import the harness this process runs."""
+    import harness
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The cases are small: one thread per process beats oversubscribed cores when --jobs > 1.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["ATTN_HARNESS_PACKAGE_DIR"] = os.path.dirname(os.path.abspath(harness.__file__))
+    if opts.triton_interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return env
 
 
 def _pytest_command(opts: CheckOptions, spec: str) -> list:
@@ -61,25 +102,27 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
     suites = opts.suites or default_suites()
     files = [str(sd / f"test_{s}.py") for s in suites]
     cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q", "--no-header",
-           "-rN", "--tb=short", "--impl", spec, "--device", opts.device, "--profile", opts.profile,
-           "--harness-progress", "--call-timeout", str(opts.call_timeout),
-           "--forward-factor", str(opts.forward_factor), "--backward-factor", str(opts.backward_factor),
+           "-rN", "--tb=short", "--attn-impl", absolute_spec(spec), "--attn-device", opts.device,
+           "--attn-profile", opts.profile, "--attn-progress", "--attn-call-timeout", str(opts.call_timeout),
+           "--attn-forward-factor", str(opts.forward_factor), "--attn-backward-factor", str(opts.backward_factor),
            "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning",
            # The suites live inside the installed package: don't let a project's own config
            # (rootdir, addopts, testpaths) change how they run.
            "-c", os.devnull, "--rootdir", str(sd)]
     if opts.dtypes:
-        cmd += ["--dtype", ",".join(opts.dtypes)]
+        cmd += ["--attn-dtype", ",".join(opts.dtypes)]
     if opts.strict:
-        cmd.append("--strict-properties")
+        cmd.append("--attn-strict")
     if opts.seed is not None:
-        cmd += ["--seed", str(opts.seed)]
+        cmd += ["--attn-seed", str(opts.seed)]
     if opts.properties:
         cmd += ["-k", " or ".join(opts.properties)]
     if opts.case:
-        cmd += ["--case", opts.case]
+        cmd += ["--attn-case", opts.case]
     if opts.example:
-        cmd += ["--example", opts.example]
+        cmd += ["--attn-example", opts.example]
+    if opts.forbid_ops:
+        cmd += ["--attn-forbid-ops", ",".join(opts.forbid_ops)]
     return cmd + list(opts.extra_pytest_args)
 
 
@@ -89,13 +132,14 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
     "duration_s", "problem", "problem_recorded" (the problem is already a result)}."""
     cmd = _pytest_command(opts, spec)
     t0 = time.time()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # The cases are small: one thread per process beats oversubscribed cores when --jobs > 1.
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env = suite_environment(opts)
     log_lines: list[str] = []
     problem = None
+    # Its own empty working directory: `python -m pytest` puts the working directory first on
+    # sys.path, and in a clone's root that is the checkout's harness/, not the installed one.
+    workdir = tempfile.mkdtemp(prefix="attn-harness-")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            bufsize=1)
+                            bufsize=1, cwd=workdir)
     import threading
 
     def killer():
@@ -134,6 +178,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         raise
     finally:
         timer.cancel()
+        shutil.rmtree(workdir, ignore_errors=True)
     if problem_holder:
         problem = problem_holder[0]
     rc = proc.returncode

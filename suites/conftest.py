@@ -1,3 +1,10 @@
-"""Nothing here on purpose: options and fixtures come from the installed plugin
-(harness.pytest_plugin, entry point pytest11), so the suites behave the same from a checkout,
-from an installed wheel, and inside another project's CI."""
+"""The suites' options come from the installed plugin (harness.pytest_plugin, entry point
+pytest11). It registers the harness half (harness.suite_plugin) when it sees that a run targets
+the suites; a run that reaches them another way (a path it could not tell apart) registers it
+here, before any suite module is collected."""
+
+
+def pytest_configure(config):
+    from harness import suite_plugin
+
+    suite_plugin.ensure_registered(config)

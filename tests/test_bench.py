@@ -288,8 +288,8 @@ def test_triton_fixture_check_reports_unsupported(tmp_path):
 
 def test_suite_skips_when_benchmark_disabled(tmp_path):
     env = dict(os.environ, ATTN_HARNESS_BENCH_SHAPES="prefill:1x2x32x16")
-    r = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "harness.suites.test_throughput", "--impl",
-                        "sdpa", "--benchmark-disable", "-rs", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
+    r = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "harness.suites.test_throughput",
+                        "--attn-impl", "sdpa", "--benchmark-disable", "-rs", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
                         "--rootdir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 0, r.stdout[-2000:]

@@ -16,10 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     d = tmp_path_factory.mktemp("venv")
-    # System site-packages lend torch and the other dependencies; the project itself is installed
-    # non-editable into the venv, which shadows any editable install of the checkout.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(d)], check=True)
+    # The running interpreter's site directories lend torch and the other dependencies. Not
+    # `--system-site-packages`: run from inside a venv, that lends the *base* interpreter's
+    # packages, where the dependencies may not be. Listed as plain paths in a .pth file, their own
+    # .pth files (an editable install of this checkout) are not processed, and the venv's own
+    # site-packages, holding the wheel, comes first.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(d)], check=True)
     py = d / "bin" / "python"
+    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    lend = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+    Path(own, "_lent_site_packages.pth").write_text("\n".join(lend) + "\n")
     # Build the wheel with this interpreter's setuptools (a new venv may carry an old one), then
     # install the wheel: exactly what `pip install .` does, without needing the network.
     # From a clean copy: setuptools reuses a stale build/ folder, which can hide a package the
@@ -32,13 +39,14 @@ def venv(tmp_path_factory):
                         "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(wheels.glob("attention_harness-*.whl"))
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    return d
+    return d, src
 
 
 def test_check_from_an_unrelated_directory(venv, tmp_path):
+    venv, _ = venv
     work = tmp_path / "elsewhere"
     work.mkdir()
     (work / "my_attn.py").write_text(textwrap.dedent("""
@@ -72,6 +80,28 @@ def test_check_from_an_unrelated_directory(venv, tmp_path):
     assert not outside, f"imported from outside the installed wheel: {outside}"
     # And the pytest plugin path works the same way.
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "--pyargs", "harness.suites.test_isolation",
-                        "--impl", "./my_attn.py:attn", "--profile", "quick", "-q", "-p", "no:cacheprovider"],
+                        "--attn-impl", "./my_attn.py:attn", "--attn-profile", "quick", "-q", "-p", "no:cacheprovider"],
                        cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+@pytest.mark.parametrize("where", ["clone_root", "other_harness"])
+def test_check_from_the_clone_root(venv, tmp_path, where):
+    """The README's main command, run from the clone's root after a non-editable install: the
+    checkout's harness/ sits in the working directory (and a directory may hold an unrelated
+    package called harness). The suite process must import the harness the CLI runs."""
+    venv, src = venv
+    if where == "clone_root":
+        cwd = src
+    else:
+        cwd = tmp_path / "project"
+        (cwd / "harness").mkdir(parents=True)
+        (cwd / "harness" / "__init__.py").write_text("raise ImportError('not the attention harness')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    out = tmp_path / "out"
+    r = subprocess.run([str(venv / "bin" / "attn-harness"), "check", "--impl", "reference", "--impl", "sdpa",
+                        "--profile", "quick", "--suite", "correctness", "--dtype", "float32", "--report-dir", str(out)],
+                       cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = (out / "report.json").read_text()
+    assert '"verdict": "pass"' in rep and '"verdict": "fail"' not in rep
