@@ -6,3 +6,9 @@ the self-tests drive them that way, as users do.
 """
 
 collect_ignore = ["suites", "fixtures", "reports", "build", "docs"]
+
+import os
+
+# Every report the self-tests write (in this process or in the CLI subprocesses they start) is
+# validated against the shipped JSON Schema (harness/report.schema.json) as it is written.
+os.environ.setdefault("ATTN_HARNESS_VALIDATE_REPORTS", "1")

@@ -170,6 +170,9 @@ def cmd_check(args) -> int:
     overall = EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
     for k, p in paths.items():
         sys.stderr.write(f"wrote {p}\n")
+    summary = R.append_step_summary(rep)
+    if summary:
+        sys.stderr.write(f"appended the matrix to {summary} (GITHUB_STEP_SUMMARY)\n")
     if args.print_summary:
         from harness.report import matrix_rows
         from tabulate import tabulate

@@ -173,6 +173,7 @@ class Target:
         self.last_extras: dict = {}
         self.worst: dict = {}
         self.forbid_ops: list = []  # aten op patterns the integrity suite must not see (--forbid-ops)
+        self.replay_example: Optional[dict] = None  # with --case: the counterexample's other arguments
 
     @property
     def name(self) -> str:
@@ -238,6 +239,7 @@ def target(request, target_key):
     probes.UNSUPPORTED_CASES.clear()
     t = Target(impl, dtype, hc.device, hc.case, request.node, hc.forward_factor, hc.backward_factor)
     t.forbid_ops = list(hc.forbid_ops)
+    t.replay_example = hc.example
     request.node._harness_target = t
     return t
 
@@ -264,8 +266,11 @@ def pytest_collection_modifyitems(session, config, items):
         def recording(*args, __inner=inner, **kwargs):
             t = kwargs.get("target")
             if isinstance(t, Target):
-                if hc.case and hc.example:
-                    kwargs.update({k: v for k, v in hc.example.items() if k in kwargs})
+                # The wrapper outlives this session (in-process harness.check() runs again in the
+                # same interpreter): read the replay request from the target, not from this hc.
+                example = t.replay_example
+                if t._replay and example:
+                    kwargs.update({k: v for k, v in example.items() if k in kwargs})
                 t.last_extras = {k: v for k, v in kwargs.items() if k not in ("target", "case", "target_key")}
             return __inner(*args, **kwargs)
 

@@ -1,0 +1,160 @@
+"""The report's structure, defined once: typed classes for ``report.json``, the JSON Schema
+generated from them (shipped as ``harness/report.schema.json``), and the ``Report`` object that
+:func:`harness.check` returns.
+
+``compare`` and ``merge`` read reports written by other versions, so the shape is versioned
+(``schema_version``) and every report the tests write is validated against the shipped schema.
+A field added here must be added to the schema file too: ``python -m harness.report_model``
+rewrites it, and a test fails while the two differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+
+Status = Literal["pass", "fail", "error", "skip", "unsupported"]
+Verdict = Literal["pass", "fail", "unsupported"]
+Tier = Literal["gate", "strict", "info"]
+
+
+@dataclass
+class Result:
+    """One property in one dtype for one implementation."""
+    suite: str
+    property: str
+    tier: Tier
+    dtype: str
+    device: str
+    status: Status
+    cases: int  # generated cases that ran
+    message: str
+    repro: str  # the command that replays a failure ("" when it passed)
+    seed: Optional[int]
+    duration_s: Optional[float]
+    impl: Optional[str] = None
+    unsupported_cases: int = 0  # cases the kernel raised NotImplementedError on
+    worst: dict = field(default_factory=dict)  # worst comparison: ratio, factor, where, error, baseline_error, case...
+    counterexample: Optional[dict] = None  # the shrunk Case's fields
+    counterexample_text: Optional[str] = None
+    counterexample_extra: Optional[dict] = None  # the other drawn arguments (--example)
+    doc: str = ""  # the property's description
+
+
+@dataclass
+class ImplementationReport:
+    name: str
+    spec: str
+    verdict: Verdict
+    description: str
+    capabilities: dict
+    duration_s: Optional[float]
+    results: list[Result]
+    fingerprint: Optional[dict] = None
+    log: Optional[str] = None
+    problem: Optional[str] = None  # why its test process ended abnormally, if it did
+    op_trace: Optional[dict] = None  # aten ops the kernel called (integrity suite)
+
+
+@dataclass
+class Options:
+    device: str
+    dtypes: list[str]
+    profile: str
+    suites: Any  # list of names, or "default"
+    strict: bool
+    seed: int
+    forward_factor: float
+    backward_factor: float
+    properties: Optional[list[str]] = None
+    dtypes_from: str = "option"  # "option" or "declared" (each implementation's declared dtypes)
+    forbid_ops: list[str] = field(default_factory=list)
+    triton_interpret: bool = False
+
+
+@dataclass
+class ReportData:
+    schema_version: int
+    created: str
+    harness_version: str
+    command: list[str]
+    options: Options
+    environment: dict
+    implementations: list[ImplementationReport]
+
+
+# --- JSON Schema from the classes ------------------------------------------------------------
+
+def _type_schema(tp) -> dict:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return {}
+    if origin is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        inner = _type_schema(non_none[0]) if len(non_none) == 1 else {"anyOf": [_type_schema(a) for a in non_none]}
+        return {"anyOf": [inner, {"type": "null"}]} if type(None) in args else inner
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(args[0])} if args else {"type": "array"}
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    if dataclasses.is_dataclass(tp):
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    return {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
+            bool: {"type": "boolean"}}[tp]
+
+
+def _class_schema(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    props, required = {}, []
+    for f in dataclasses.fields(cls):
+        props[f.name] = _type_schema(hints[f.name])
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    return {"type": "object", "description": (cls.__doc__ or cls.__name__).strip().splitlines()[0],
+            "properties": props, "required": required, "additionalProperties": False}
+
+
+def json_schema() -> dict:
+    defs = {c.__name__: _class_schema(c) for c in (Result, ImplementationReport, Options)}
+    top = _class_schema(ReportData)
+    top["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "attention-harness report.json",
+            **top, "$defs": defs}
+
+
+def shipped_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(report: dict) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``report`` does not match the shipped schema
+    (needs the ``jsonschema`` package, a test dependency)."""
+    import jsonschema
+
+    jsonschema.validate(report, shipped_schema())
+
+
+def schema_fields_markdown() -> str:
+    """The README's field list, generated from the classes (a test keeps the README in step)."""
+    lines = []
+    for cls, where in ((ReportData, "top level"), (Options, "`options`"),
+                       (ImplementationReport, "`implementations[]`"), (Result, "`implementations[].results[]`")):
+        names = [f.name + ("" if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                           else "?") for f in dataclasses.fields(cls)]
+        lines.append(f"- {where}: " + ", ".join(f"`{n}`" for n in names))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=1) + "\n")
+    print(f"wrote {SCHEMA_PATH}")
