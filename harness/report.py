@@ -44,6 +44,10 @@ def atomic_write(path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    # mkstemp makes the file 0600; reports are read by CI artefact uploaders and colleagues.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -200,6 +204,44 @@ def _md_diagnostics(report: dict) -> list:
             "", f"_{caveat or MD_DIAGNOSTICS_CAVEAT}_", ""]
 
 
+def integrity_rows(report: dict) -> tuple:
+    """(property rows, op traces) of the integrity suite: one row per property with a cell per
+    implementation, and per implementation the first recorded op trace with its dtype. Shared by
+    report.md and report.html."""
+    impls = report.get("implementations") or []
+    keys = [(s, p) for (s, p), _ in property_keys(report) if s == "integrity"]
+    rows = []
+    for suite, prop in keys:
+        rs = [[r for r in (i.get("results") or []) if r.get("suite") == suite and r.get("property") == prop]
+              for i in impls]
+        doc = next((r.get("doc") for x in rs for r in x if r.get("doc")), "")
+        rows.append([prop, doc] + [cell(x) for x in rs])
+    traces = []
+    for i in impls:
+        t = next(((r.get("dtype"), r["worst"]["op_trace"]) for r in (i.get("results") or [])
+                  if r.get("property") == "test_op_trace" and isinstance(r.get("worst"), dict)
+                  and isinstance(r["worst"].get("op_trace"), dict)), None)
+        if t is not None:
+            traces.append((i.get("name"), t[0], t[1]))
+    return rows, traces
+
+
+def _md_integrity(report: dict) -> list:
+    rows, traces = integrity_rows(report)
+    if not rows:
+        return []
+    from tabulate import tabulate
+
+    names = [i["name"] for i in report["implementations"]]
+    lines = ["## Integrity", "",
+             tabulate([[_md_escape(c) for c in r] for r in rows], headers=["property", "checks"] + names,
+                      tablefmt="github"), ""]
+    for name, dtype, t in traces:
+        ops = ", ".join(f"`{op}` x{n}" for op, n in (t.get("ops") or {}).items()) or "no aten op seen"
+        lines.append(f"- **{_md_escape(name)}** op trace ({dtype}): {_md_escape(ops)}")
+    return lines + ([""] if traces else [])
+
+
 def to_markdown(report: dict) -> str:
     from tabulate import tabulate
 
@@ -247,6 +289,7 @@ def to_markdown(report: dict) -> str:
             lines += ["```", r["message"].strip(), "```", ""]
             if r.get("repro"):
                 lines += ["Reproduce:", "", "```sh", r["repro"], "```", ""]
+    lines += _md_integrity(report)
     lines += _md_diagnostics(report)
     unsupported = [(i["name"], r) for i in report["implementations"] for r in i["results"] if r["status"] == "unsupported"]
     if unsupported:
@@ -293,19 +336,40 @@ def write_all(report: dict, report_dir, junit: Optional[str] = None) -> dict:
     """Write report.json and report.md (and JUnit when asked); returns the paths."""
     d = Path(report_dir)
     paths = {"json": d / "report.json", "md": d / "report.md"}
-    atomic_write(paths["json"], json.dumps(report, indent=1, default=str))
+    text = json.dumps(report, indent=1, default=str)
+    if os.environ.get("ATTN_HARNESS_VALIDATE_REPORTS"):
+        # Set by the harness's own tests: every report they write must match the shipped schema.
+        from harness.report_model import validate
+
+        validate(json.loads(text))
+    atomic_write(paths["json"], text)
     atomic_write(paths["md"], to_markdown(report))
     if junit:
         paths["junit"] = Path(junit)
         atomic_write(junit, to_junit(report))
-    try:  # the HTML report and pictures are optional extras of the reports module
-        from harness import html_report
+    from harness import html_report
 
+    try:
+        html = html_report.render(report, d)
+    except Exception as e:  # a rendering bug must not cost the JSON and Markdown, nor pass unseen
+        sys.stderr.write(f"attn-harness: report.html was not written: {type(e).__name__}: {e}\n")
+    else:
         paths["html"] = d / "report.html"
-        atomic_write(paths["html"], html_report.render(report, d))
-    except ImportError:
-        pass
+        atomic_write(paths["html"], html)
     return paths
+
+
+def append_step_summary(report: dict) -> Optional[str]:
+    """On GitHub Actions, append the Markdown matrix to the job's summary page."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return None
+    headers, rows = matrix_rows(report)
+    from tabulate import tabulate
+
+    with open(path, "a") as f:
+        f.write("## attention-harness\n\n" + tabulate(rows, headers=headers, tablefmt="github") + "\n\n")
+    return path
 
 
 def load(path) -> dict:
