@@ -130,7 +130,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
 
     from harness import report as R
     from harness.contract import LoadError, load
-    from harness.pytest_plugin import DEFAULT_SEED
+    from harness.defaults import DEFAULT_SEED
     from harness.runner import available_suites, default_suites, suites_dir, verdict
 
     device = device or "cpu"
@@ -152,7 +152,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
                 "--attn-impl", spec, "--attn-device", device, "--attn-profile", profile,
                 "--attn-results", results_path, "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning"]
         if not _plugin_autoloaded():
-            args += ["-p", "harness.pytest_plugin"]
+            args += ["-p", "attention_harness_plugin"]
         if dtypes:
             args += ["--attn-dtype", ",".join(dtypes)]
         if strict:

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from harness.defaults import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
 # Modules that add their own subcommands through register(subparsers).
 SUBCOMMAND_MODULES = ("harness.calculators", "harness.compare", "harness.bench", "harness.model")
 
@@ -126,7 +126,7 @@ def cmd_check(args) -> int:
                         forward_factor=args.forward_factor, backward_factor=args.backward_factor,
                         forbid_ops=[p.strip() for p in (args.forbid_ops or "").split(",") if p.strip()],
                         triton_interpret=args.triton_interpret)
-    from harness.pytest_plugin import DEFAULT_SEED
+    from harness.defaults import DEFAULT_SEED
 
     from harness.contract import ALL_DTYPES as _host
 

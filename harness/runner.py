@@ -1,6 +1,6 @@
 """Runs the property suites for a list of implementations and collects the results.
 
-Each implementation runs in its own pytest process (through :mod:`harness.pytest_plugin`, the
+Each implementation runs in its own pytest process (through the pytest plugin :mod:`attention_harness_plugin`, the
 same code path as ``pytest --pyargs harness.suites``), so a kernel that crashes the interpreter or
 hangs inside C code costs its own results only; the report is rewritten after each one. Results
 stream back as they happen, so a process killed midway keeps what it finished and names the
@@ -126,30 +126,42 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
     return cmd + list(opts.extra_pytest_args)
 
 
-def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
-            on_progress: Optional[Callable[[dict], None]] = None) -> dict:
-    """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
-    "duration_s", "problem", "problem_recorded" (the problem is already a result)}."""
-    cmd = _pytest_command(opts, spec)
-    t0 = time.time()
-    env = suite_environment(opts)
-    log_lines: list[str] = []
-    problem = None
+CRASH_SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 11: "SIGSEGV"}
+MAX_RESTARTS = 8  # a kernel that crashes on every property still ends in bounded time
+
+
+def _signal_problem(rc: int, timed_out: bool) -> str:
+    sig = -rc
+    if sig in CRASH_SIGNALS:
+        return f"the test process crashed ({CRASH_SIGNALS[sig]}, signal {sig}): the kernel killed the interpreter"
+    if sig == 15:
+        return "the test process was terminated by SIGTERM from outside the harness (not a kernel crash)"
+    if sig == 9 and not timed_out:
+        return ("the test process was killed by SIGKILL from outside the harness (out of memory? "
+                "the kernel may have allocated too much)")
+    return f"the test process was killed by signal {sig}"
+
+
+def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: list,
+             on_progress: Optional[Callable[[dict], None]]) -> tuple:
+    """One pytest process; streams results into ``results``. Returns (returncode, timed_out,
+    the property in flight when it ended, the node ids it finished in order)."""
+    import threading
+
     # Its own empty working directory: `python -m pytest` puts the working directory first on
     # sys.path, and in a clone's root that is the checkout's harness/, not the installed one.
     workdir = tempfile.mkdtemp(prefix="attn-harness-")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             bufsize=1, cwd=workdir)
-    import threading
+    timed_out: list = []
 
     def killer():
-        problem_holder.append(f"timed out after {opts.impl_timeout:g} s (whole implementation run)")
+        timed_out.append(True)
         proc.kill()
 
-    problem_holder: list = []
-    results: list = []  # streamed as they happen, so a process that dies midway keeps what it finished
     running: dict = {}
-    timer = threading.Timer(opts.impl_timeout, killer)
+    done_ids: list = []
+    timer = threading.Timer(max(0.0, deadline - time.time()), killer)
     timer.start()
     try:
         assert proc.stdout is not None
@@ -166,7 +178,10 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
                     running = ev["running"]
                     continue
                 if "result" in ev:
-                    results.append(ev.pop("result"))
+                    res = ev.pop("result")
+                    results.append(res)
+                    if running.get("nodeid"):
+                        done_ids.append(running["nodeid"])
                     running = {}
                 if on_progress:
                     on_progress(ev)
@@ -179,24 +194,75 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
     finally:
         timer.cancel()
         shutil.rmtree(workdir, ignore_errors=True)
-    if problem_holder:
-        problem = problem_holder[0]
-    rc = proc.returncode
-    if problem is None and rc not in (0, 1):
-        tail = "".join(log_lines[-15:]).strip()
-        problem = f"pytest exited with status {rc}" + (f": {tail.splitlines()[-1]}" if tail else "")
-        if rc < 0:
-            problem = f"the test process was killed by signal {-rc} (the kernel crashed the interpreter?)"
+    return proc.returncode, bool(timed_out), running, done_ids
+
+
+def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
+            on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
+    "duration_s", "problem", "problem_recorded" (the problem is already a result)}.
+
+    A crash (a segfault inside a compiled kernel) costs the property in flight, not the rest:
+    the property becomes an ``error`` with its repro, and a new process resumes after it."""
+    base_cmd = _pytest_command(opts, spec)
+    t0 = time.time()
+    deadline = t0 + opts.impl_timeout
+    env = suite_environment(opts)
+    log_lines: list[str] = []
+    results: list = []  # streamed as they happen, so a process that dies midway keeps what it finished
+    skip_ids: list = []  # finished or crashed node ids, deselected when a process is restarted
+    history: list = []  # properties in the order the processes ran them
+    problems: list = []
     problem_recorded = False
-    if problem is not None and running:
+    cmd = base_cmd
+    rc = 0
+    for attempt in range(MAX_RESTARTS + 1):
+        cmd = base_cmd + [a for n in skip_ids for a in ("--deselect", n)]
+        if attempt:
+            log_lines.append(f"\n--- restarted after a crash (restart {attempt}), resuming after {len(skip_ids)} "
+                             f"finished or crashed properties ---\n")
+        n_before = len(results)
+        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, on_progress)
+        history += [f"{r['suite']}::{r['property']}" for r in results[n_before:]]
+        skip_ids += done_ids
+        if timed_out:
+            problem = f"timed out after {opts.impl_timeout:g} s (whole implementation run)"
+        elif rc in (0, 1, 5):
+            problem = None
+        elif rc < 0:
+            problem = _signal_problem(rc, timed_out)
+        else:
+            tail = "".join(log_lines[-15:]).strip()
+            problem = f"pytest exited with status {rc}" + (f": {tail.splitlines()[-1]}" if tail else "")
+        if problem is None:
+            break
+        problems.append(problem)
+        if not running:
+            break
         # The property in flight when the process hung or died is an error, not a silent gap.
-        problem = f"{problem}; running {running['suite']}::{running['property']} [{running['dtype']}]"
+        msg = f"{problem}; running {running['suite']}::{running['property']} [{running['dtype']}]"
         repro = (f"attn-harness check --impl {spec} --device {opts.device} --dtype {running['dtype']} "
                  f"--suite {running['suite']} --property {running['property']}")
-        results.append({**running, "device": opts.device, "status": "error", "cases": 0, "worst": {},
-                        "message": problem, "counterexample": None, "counterexample_text": None,
+        earlier = [h for h in history if h != f"{running['suite']}::{running['property']}"]
+        if earlier:
+            # A failure that needs the process's history (a recompilation, a cache) may not
+            # reproduce alone: offer the sequence this process ran before it.
+            suites = list(dict.fromkeys([h.split("::")[0] for h in earlier] + [running["suite"]]))
+            props = list(dict.fromkeys([h.split("::")[1] for h in earlier] + [running["property"]]))
+            msg += ("\nif the repro passes alone, the crash needs what ran before it in the same process; "
+                    "the sequence: attn-harness check --impl " + spec + f" --device {opts.device} --dtype "
+                    f"{running['dtype']} " + " ".join(f"--suite {x}" for x in suites) + " "
+                    + " ".join(f"--property {x}" for x in props))
+        rec = {k: v for k, v in running.items() if k != "nodeid"}
+        results.append({**rec, "device": opts.device, "status": "error", "cases": 0, "worst": {},
+                        "message": msg, "counterexample": None, "counterexample_text": None,
                         "counterexample_extra": None, "repro": repro, "seed": opts.seed, "duration_s": None})
         problem_recorded = True
+        history.append(f"{running['suite']}::{running['property']}")
+        if timed_out or rc >= 0 or -rc not in CRASH_SIGNALS or not running.get("nodeid"):
+            break  # only a crash is worth resuming after; a timeout or an outside signal ends the run
+        skip_ids.append(running["nodeid"])
+    problem = "; ".join(dict.fromkeys(problems)) or None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(" ".join(cmd) + "\n\n" + "".join(log_lines))

@@ -1,5 +1,5 @@
 """The harness half of the pytest plugin: configuration, the ``target`` fixture every property
-receives, result recording and progress events. Registered by :mod:`harness.pytest_plugin` (or by
+receives, result recording and progress events. Registered by :mod:`attention_harness_plugin` (or by
 the suites' conftest) only for runs that collect the harness suites, so another project's pytest
 never imports torch or sees these hooks.
 """
@@ -15,10 +15,9 @@ from typing import Optional
 
 import pytest
 
-from harness.pytest_plugin import DEFAULT_SEED, PROFILES, SUITE_PLUGIN_NAME
+from harness.defaults import DEFAULT_SEED, HOST_DTYPES, PROFILES, SUITE_PLUGIN_NAME
 from harness.tiers import TIERS, enforced
 
-HOST_DTYPES = {"cpu": ("float32", "bfloat16", "float16"), "cuda": ("float32", "bfloat16", "float16")}
 
 
 def ensure_registered(config) -> None:
@@ -481,7 +480,8 @@ def pytest_runtest_setup(item):
     # Which property is running, so a run killed mid-property can name it.
     if item.config.getoption("attn_progress") and "target_key" in getattr(getattr(item, "callspec", None), "params", {}):
         spec, dtype = item.callspec.params["target_key"]
-        _progress(item.config, {"running": {"impl": spec, "suite": _suite(item), "property": item.originalname,
+        _progress(item.config, {"running": {"nodeid": item.nodeid, "impl": spec, "suite": _suite(item),
+                                            "property": item.originalname,
                                             "dtype": dtype, "tier": _tier(item),
                                             "doc": _doc(item)}})
 

@@ -122,7 +122,8 @@ def test_not_implemented_on_some_cases_skips_only_those(tmp_path):
         "def never(q, k, v, **kw):\n"
         "    raise NotImplementedError('nothing yet')\n")
     r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--impl", f"{tmp_path}/k.py:never", "--suite", "correctness",
-            "--property", "test_matches_reference", "--profile", "quick", "--report-dir", str(tmp_path / "r"))
+            "--property", "test_matches_reference", "--profile", "quick", "--dtype", "float32",
+            "--report-dir", str(tmp_path / "r"))
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     by_impl = {i["spec"].split(":")[-1]: i for i in rep["implementations"]}
     [res] = by_impl["attn"]["results"]
@@ -148,7 +149,7 @@ def test_a_kernel_hanging_where_no_signal_reaches_keeps_finished_results(tmp_pat
         "    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,\n"
         "                                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)\n")
     r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--suite", "padding", "--suite", "causal",
-            "--profile", "quick", "--call-timeout", "0", "--impl-timeout", "40",
+            "--profile", "quick", "--dtype", "float32", "--call-timeout", "0", "--impl-timeout", "40",
             "--report-dir", str(tmp_path / "r"))
     assert r.returncode == 1, r.stderr[-2000:]
     [impl] = json.loads((tmp_path / "r" / "report.json").read_text())["implementations"]
@@ -160,3 +161,36 @@ def test_a_kernel_hanging_where_no_signal_reaches_keeps_finished_results(tmp_pat
     errs = [x for x in impl["results"] if x["status"] == "error"]
     assert len(errs) == 1 and errs[0]["suite"] == "causal", errs
     assert "timed out after 40 s" in errs[0]["message"] and "running causal::" in errs[0]["message"]
+
+
+def test_a_crash_costs_one_property_not_the_rest(tmp_path):
+    # A real segfault (a read of address 0) inside one property: it becomes an error naming the
+    # signal, with its repro and the sequence that ran before it; the rest still run.
+    (tmp_path / "k.py").write_text(
+        "import ctypes, sys\n"
+        "import torch.nn.functional as F\n"
+        "def attn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        if f.f_code.co_name == 'test_decode_matches_prefill':\n"
+        "            ctypes.string_at(0)\n"
+        "        f = f.f_back\n"
+        "    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,\n"
+        "                                          scale=scale, enable_gqa=enable_gqa)\n")
+    r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--suite", "isolation", "--suite", "decode",
+            "--profile", "quick", "--dtype", "float32", "--report-dir", str(tmp_path / "r"))
+    assert r.returncode == 1, r.stderr[-2000:]
+    [impl] = json.loads((tmp_path / "r" / "report.json").read_text())["implementations"]
+    status = {f"{x['suite']}::{x['property']}": x for x in impl["results"]}
+    crashed = status["decode::test_decode_matches_prefill"]
+    assert crashed["status"] == "error" and "SIGSEGV" in crashed["message"], crashed
+    assert crashed["repro"].startswith("attn-harness check") and "the sequence:" in crashed["message"]
+    others = {k: v["status"] for k, v in status.items() if k != "decode::test_decode_matches_prefill"}
+    assert others and set(others.values()) == {"pass"}, others
+    assert "decode::test_chunked_prefill_matches" in others  # ran after the crash, in a new process
+
+
+def test_unknown_property_is_a_usage_error():
+    r = run("check", "--impl", "sdpa", "--suite", "causal", "--property", "test_no_such_thing")
+    assert r.returncode == 2
+    assert "unknown property" in r.stderr and "test_future_perturbation_invariance" in r.stderr

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# the model-in-the-loop tests load a pretrained model: `python -m pytest -m "not slow"` skips them for a quick local loop; CI runs everything.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("transformers", reason="needs transformers (pip install '.[model]')")
 
 from harness import model as M  # noqa: E402

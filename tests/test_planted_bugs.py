@@ -11,6 +11,10 @@ import pytest
 
 from fixtures.catalog import CORRECT, CORRECT_STRICT_FAILS, PLANTED, STRICT_ONLY
 
+# The planted-bug sweep runs every fixture in three dtypes (minutes): `python -m pytest -m "not slow"`
+# skips it for a quick local loop; CI runs everything.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = "float32,bfloat16,float16"
 

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 FOREIGN_CONFTEST = """
     # An ML project's own options, with the names our plugin used to take.
     def pytest_addoption(parser):
@@ -48,15 +50,26 @@ def _run(tmp_path, *extra):
                            *extra, "test_theirs.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
-def test_foreign_project_with_clashing_options_runs_unchanged(tmp_path):
+@pytest.mark.parametrize("own_harness_package", [False, True])
+def test_foreign_project_with_clashing_options_runs_unchanged(tmp_path, own_harness_package):
     """A project defining --device/--profile/--seed/--impl and its own hypothesis tests runs
-    exactly as it does without attention-harness (our options are all --attn-*)."""
+    exactly as it does without attention-harness (our options are all --attn-*), also when it
+    has a top-level package called ``harness`` of its own."""
     _foreign_project(tmp_path)
+    if own_harness_package:
+        (tmp_path / "harness").mkdir()
+        (tmp_path / "harness" / "__init__.py").write_text("THEIRS = True\n")
+        (tmp_path / "test_theirs.py").write_text((tmp_path / "test_theirs.py").read_text() + textwrap.dedent("""
+
+            def test_their_harness():
+                import harness
+                assert harness.THEIRS
+        """))
     # Compare against the same run with our plugin disabled rather than against hypothesis's
     # defaults: hypothesis itself loads its "ci" profile when the CI variable is set.
     with_plugin = _run(tmp_path)
     assert with_plugin.returncode == 0, with_plugin.stdout[-3000:] + with_plugin.stderr[-3000:]
-    assert "4 passed" in with_plugin.stdout
+    assert f"{5 if own_harness_package else 4} passed" in with_plugin.stdout
     without_plugin = _run(tmp_path, "-p", "no:attention_harness")
     assert without_plugin.returncode == 0, without_plugin.stdout[-3000:]
     settings_lines = [[ln for ln in r.stdout.splitlines() if "SETTINGS" in ln] for r in (with_plugin, without_plugin)]

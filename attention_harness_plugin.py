@@ -7,6 +7,9 @@ This module is loaded by every pytest run on a machine where attention-harness i
 it is a guest there: it registers only ``--attn-*`` options (one group, the way pytest-benchmark
 keeps to ``--benchmark-*``), imports neither torch nor the harness, and changes nothing unless the
 run collects the harness suites. Then :mod:`harness.suite_plugin` is registered and does the work.
+It is a top-level module, not ``harness.pytest_plugin``: a project with a ``harness`` package of
+its own would otherwise fail to start pytest at all, because the entry point could not be imported.
+:mod:`harness.defaults` re-exports the defaults defined here.
 ``attn-harness check`` drives the very same tests through it: nothing is implemented twice.
 """
 
@@ -20,8 +23,12 @@ PROFILES = {
     "default": 25,
     "thorough": 150,
 }
+DEFAULT_PROFILE = "default"
 DEFAULT_SEED = 20261127
-SUITE_PLUGIN_NAME = "attention_harness_suites"
+# The FlashAttention rule: the kernel's error may be this many times a plain same-dtype computation's.
+FORWARD_FACTOR = 2.0
+BACKWARD_FACTOR = 3.0
+CALL_TIMEOUT_S = 30.0
 
 
 def pytest_addoption(parser):
@@ -33,7 +40,7 @@ def pytest_addoption(parser):
                 help="comma-separated dtypes (default: every dtype the implementation declares among "
                      "float32, bfloat16, float16)")
     g.addoption("--attn-device", default=None, choices=("cpu", "cuda"), help="device (default: cpu)")
-    g.addoption("--attn-profile", default="default", choices=tuple(PROFILES), help="example counts and sizes")
+    g.addoption("--attn-profile", default=DEFAULT_PROFILE, choices=tuple(PROFILES), help="example counts and sizes")
     g.addoption("--attn-strict", action="store_true", default=False,
                 help="strict-tier properties fail the run (otherwise they are reported only)")
     g.addoption("--attn-seed", type=int, default=None,
@@ -45,11 +52,11 @@ def pytest_addoption(parser):
     g.addoption("--attn-results", default=None, metavar="FILE", help="write per-property results as JSON")
     g.addoption("--attn-progress", action="store_true", default=False,
                 help="print one machine-readable progress line per property")
-    g.addoption("--attn-forward-factor", type=float, default=2.0,
+    g.addoption("--attn-forward-factor", type=float, default=FORWARD_FACTOR,
                 help="forward error may be this many times the same-dtype PyTorch error (default 2)")
-    g.addoption("--attn-backward-factor", type=float, default=3.0,
+    g.addoption("--attn-backward-factor", type=float, default=BACKWARD_FACTOR,
                 help="gradient error may be this many times the same-dtype PyTorch error (default 3)")
-    g.addoption("--attn-call-timeout", type=float, default=30.0, help="seconds one kernel call may take")
+    g.addoption("--attn-call-timeout", type=float, default=CALL_TIMEOUT_S, help="seconds one kernel call may take")
     g.addoption("--attn-forbid-ops", default=None, metavar="PATTERNS",
                 help="comma-separated aten op patterns (fnmatch) the kernel must not call, e.g. "
                      "'aten::_scaled_dot_product*'; a match fails the integrity suite")
@@ -66,7 +73,7 @@ def _suites_dir():
         spec = None
     if spec is not None and spec.submodule_search_locations:
         return os.path.abspath(list(spec.submodule_search_locations)[0])
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "suites")
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites")
     return here if os.path.isdir(here) else None
 
 
@@ -91,6 +98,6 @@ def pytest_configure(config):
     # Hooks here run for every pytest session on the machine: never raise, never import torch
     # unless the harness suites are part of this run.
     if runs_harness_suites(config):
-        from harness import suite_plugin
+        from harness import suite_plugin  # noqa: PLC0415 - only for runs of our suites
 
         suite_plugin.ensure_registered(config)
