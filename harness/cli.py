@@ -82,6 +82,7 @@ def cmd_list(args) -> int:
 
 def cmd_check(args) -> int:
     from harness import report as R
+    from harness import report_writer
     from harness.contract import LoadError, load_all
     from harness.runner import CheckOptions, available_suites, run_one
 
@@ -150,7 +151,7 @@ def cmd_check(args) -> int:
         with lock:
             finished[n] = entry
             rep["implementations"] = [finished[i] for i in sorted(finished)]
-            paths.update(R.write_all(rep, report_dir, args.junit))
+            paths.update(report_writer.write_all(rep, report_dir, args.junit))
         progress.finish(entry["verdict"], res["duration_s"])
         if entry["verdict"] == "unsupported":
             sys.stderr.write(f"    {impl.name}: no gate property could run within its declared capabilities "
@@ -170,7 +171,7 @@ def cmd_check(args) -> int:
     overall = EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
     for k, p in paths.items():
         sys.stderr.write(f"wrote {p}\n")
-    summary = R.append_step_summary(rep)
+    summary = report_writer.append_step_summary(rep)
     if summary:
         sys.stderr.write(f"appended the matrix to {summary} (GITHUB_STEP_SUMMARY)\n")
     if args.print_summary:

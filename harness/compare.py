@@ -389,12 +389,9 @@ def cmd_merge(args) -> int:
             return _err(f"cannot read report {p}: {e}")
     merged = merge_reports(pairs)
     out = Path(args.output_dir or Path("reports") / ("merged-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
-    paths = R.write_all(merged, out)
-    if "html" not in paths:  # write_all skips HTML when the module is absent; it is not here
-        from harness import html_report
+    from harness import report_writer
 
-        paths["html"] = out / "report.html"
-        R.atomic_write(paths["html"], html_report.render(merged, out))
+    paths = report_writer.write_all(merged, out)
     for k, p in paths.items():
         sys.stderr.write(f"wrote {p}\n")
     print(paths["md"])

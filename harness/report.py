@@ -237,7 +237,8 @@ def _md_integrity(report: dict) -> list:
              tabulate([[_md_escape(c) for c in r] for r in rows], headers=["property", "checks"] + names,
                       tablefmt="github"), ""]
     for name, dtype, t in traces:
-        ops = ", ".join(f"`{op}` x{n}" for op, n in (t.get("ops") or {}).items()) or "no aten op seen"
+        ops = ", ".join(f"`{op}` x{n}" for op, n in (t.get("ops") or {}).items()) or (
+            f"trace unavailable ({t['unavailable']})" if t.get("unavailable") else "no aten op seen")
         lines.append(f"- **{_md_escape(name)}** op trace ({dtype}): {_md_escape(ops)}")
     return lines + ([""] if traces else [])
 
@@ -330,46 +331,6 @@ def to_junit(report: dict) -> str:
         ts.set("errors", str(nerr))
         ts.set("skipped", str(nskip))
     return ET.tostring(suites, encoding="unicode", xml_declaration=True)
-
-
-def write_all(report: dict, report_dir, junit: Optional[str] = None) -> dict:
-    """Write report.json and report.md (and JUnit when asked); returns the paths."""
-    d = Path(report_dir)
-    paths = {"json": d / "report.json", "md": d / "report.md"}
-    text = json.dumps(report, indent=1, default=str)
-    if os.environ.get("ATTN_HARNESS_VALIDATE_REPORTS"):
-        # Set by the harness's own tests: every report they write must match the shipped schema.
-        from harness.report_model import validate
-
-        validate(json.loads(text))
-    atomic_write(paths["json"], text)
-    atomic_write(paths["md"], to_markdown(report))
-    if junit:
-        paths["junit"] = Path(junit)
-        atomic_write(junit, to_junit(report))
-    from harness import html_report
-
-    try:
-        html = html_report.render(report, d)
-    except Exception as e:  # a rendering bug must not cost the JSON and Markdown, nor pass unseen
-        sys.stderr.write(f"attn-harness: report.html was not written: {type(e).__name__}: {e}\n")
-    else:
-        paths["html"] = d / "report.html"
-        atomic_write(paths["html"], html)
-    return paths
-
-
-def append_step_summary(report: dict) -> Optional[str]:
-    """On GitHub Actions, append the Markdown matrix to the job's summary page."""
-    path = os.environ.get("GITHUB_STEP_SUMMARY")
-    if not path:
-        return None
-    headers, rows = matrix_rows(report)
-    from tabulate import tabulate
-
-    with open(path, "a") as f:
-        f.write("## attention-harness\n\n" + tabulate(rows, headers=headers, tablefmt="github") + "\n\n")
-    return path
 
 
 def load(path) -> dict:

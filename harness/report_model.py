@@ -61,18 +61,21 @@ class ImplementationReport:
     log: Optional[str] = None
     problem: Optional[str] = None  # why its test process ended abnormally, if it did
     op_trace: Optional[dict] = None  # aten ops the kernel called (integrity suite)
+    environment: Optional[dict] = None  # merged reports: the machine this column ran on
+    source: Optional[str] = None  # merged reports: the report file it came from
 
 
 @dataclass
 class Options:
+    """The run's options (reports written by hand or by older versions may omit some)."""
     device: str
     dtypes: list[str]
-    profile: str
-    suites: Any  # list of names, or "default"
-    strict: bool
-    seed: int
-    forward_factor: float
-    backward_factor: float
+    profile: str = "default"
+    suites: Any = "default"  # list of names, or "default"
+    strict: bool = False
+    seed: Optional[int] = None
+    forward_factor: float = 2.0
+    backward_factor: float = 3.0
     properties: Optional[list[str]] = None
     dtypes_from: str = "option"  # "option" or "declared" (each implementation's declared dtypes)
     forbid_ops: list[str] = field(default_factory=list)
@@ -88,6 +91,8 @@ class ReportData:
     options: Options
     environment: dict
     implementations: list[ImplementationReport]
+    merged_from: Optional[list[dict]] = None  # `attn-harness merge`: the reports combined
+    throughput: Optional[list[dict]] = None  # `attn-harness bench` / merged bench entries
 
 
 # --- JSON Schema from the classes ------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 from harness import diagnostics as D
 from harness import html_report
 from harness import report as R
+from harness import report_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ["sdpa", "reference", "fixtures/planted.py:missing_scale"]
@@ -266,7 +267,7 @@ def test_render_never_crashes(mutate):
 
 def test_write_all_writes_html(tmp_path):
     rep = _report([_impl("a", [_result("p")]), _impl("b", [_result("p", "fail", message="bad")], "fail")])
-    paths = R.write_all(rep, tmp_path, junit=str(tmp_path / "j.xml"))
+    paths = report_writer.write_all(rep, tmp_path, junit=str(tmp_path / "j.xml"))
     assert paths["html"].exists()
     page = parse(paths["html"].read_text())
     assert {"a", "b"} <= set(" ".join(page.text).split())
