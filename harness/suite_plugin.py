@@ -322,6 +322,8 @@ def _message(excinfo) -> str:
 def _repro(item, hc, spec, dtype, case, extras=None) -> str:
     cmd = ["attn-harness", "check", "--impl", spec, "--device", hc.device, "--dtype", dtype,
            "--suite", _suite(item), "--property", item.originalname, "--seed", str(hc.seed)]
+    if hc.forbid_ops:
+        cmd += ["--forbid-ops", ",".join(hc.forbid_ops)]
     if case is not None:
         cmd += ["--case", repr(case)]
         if extras:
