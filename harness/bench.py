@@ -5,12 +5,22 @@ For each (implementation, shape) the kernel is first checked for correctness (ag
 chunked reference, with the dtype-aware per-row bound of :mod:`harness.tolerance`); a kernel that
 fails gets no throughput entry, only a failure record. Then it is timed:
 
-* fresh inputs (clones, made outside the timed region) for every repeat, and the inputs are
-  compared with the originals after every call (a kernel must not write into them);
-* the output of one randomly chosen timed repeat is checked against the reference (the whole
-  output when the configuration was checked exactly, sampled rows otherwise);
-* CPU: ``time.perf_counter`` around the call; CUDA: CUDA events, ``torch.cuda.synchronize`` and a
-  256 MB buffer zeroed before every repeat (L2 flush);
+* forward: fresh input values (new random q, k, v, made outside the timed region) for every
+  timed repeat but one, randomly chosen, which gets clones of the checked inputs; a kernel that
+  caches or replays answers (by pointer, shape or content) is either honestly timed or wrong.
+  Backward repeats get clones of the checked inputs. The inputs are compared with their
+  originals after every call (a kernel must not write into them);
+* every output produced inside the timed loop is checked after its timing: sampled rows of each
+  fresh-input repeat against the float64 reference of those rows, and the whole output of the
+  checked-input repeat (sampled rows when the configuration is too big for a full check);
+* CPU: ``time.perf_counter`` (bound at import, so a kernel patching ``time`` cannot change it)
+  around the call; CUDA: CUDA events, plus a whole-device ``torch.cuda.synchronize`` and the
+  independent wall clock around the same call, and a 256 MB buffer zeroed before every repeat
+  (L2 flush). When the wall clock's median exceeds the events' by more than 2x and 0.1 ms (work on
+  a side stream, a patched ``Event.elapsed_time``), the entry is flagged and reports the wall clock;
+* a figure above this machine's peak measured in the same run (FLOP/s over the best matmul,
+  decode bytes/s over the best copy, each with a PEAK_MARGIN allowance for measurement noise) is
+  rejected: the kernel gets no timing and a failure that says why;
 * median and interquartile range after dropping outliers beyond 1.5 IQR.
 
 Metrics (the formulas are repeated in every table and report):
@@ -64,6 +74,15 @@ CPU_CAPS = {"prefill_max_len": 2048, "decode_max_len": 16384, "B": 1, "H": 8}
 DEFAULT_REPEATS = {"cpu": 7, "cuda": 20}
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 3}
 SLOW_CALL_S = 0.5  # on CPU, calls slower than this get 3 repeats unless --repeats is given
+# A measured peak is a best-of-a-few on a machine other work may share; a kernel can land a bit
+# above it without cheating, never 100x (a pointer-keyed cache once timed at 116x on CPU).
+PEAK_MARGIN = 1.5
+# On CPU a decode working set that fits in cache is legitimately read faster than the DRAM copy
+# peak (nothing flushes CPU caches between repeats); the bytes/s ceiling applies above this size.
+CPU_BYTES_CEILING_MIN = L2_FLUSH_BYTES
+# CUDA events against the wall clock around the same synchronised call: flagged above both.
+CLOCK_DISAGREE_RATIO, CLOCK_DISAGREE_MS = 2.0, 0.1
+_clock = time.perf_counter  # bound now: a kernel that patches time.perf_counter cannot slow our clock
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -460,6 +479,27 @@ class Workload:
         out = self.impl(q, k, v, **d.kwargs)
         return (q, k, v, out)
 
+    def fresh(self, i: int):
+        """(args, originals): new random q, k, v for timed repeat ``i`` (forward only), made
+        outside the timed region; the originals are kept to check the call did not write them."""
+        d = self.data
+        s = d.shape
+        g = torch.Generator(device=d.device).manual_seed(d.seed * 7919 + 1009 * (i + 1) + 17)
+        dt = DTYPES[d.dtype]
+        mk = lambda *sh: torch.randn(*sh, generator=g, device=d.device, dtype=torch.float32).to(dt)  # noqa: E731
+        orig = (mk(s.B, s.H, s.L, s.E), mk(s.B, s.Hkv, s.S, s.E), mk(s.B, s.Hkv, s.S, s.E))
+        return tuple(t.clone() for t in orig), orig
+
+    def check_fresh(self, orig, out, i: int):
+        """Sampled rows of a timed output made from fresh inputs against the float64 reference of
+        those rows. Raises PropertyViolation."""
+        inp, take = sample_inputs(self.data.full_case, *orig)
+        return judge_output(self.impl, take(out.detach()), inp, inp.reference(), inp.baseline(), inp.logit_absmax(),
+                            self.forward_factor,
+                            f"output of timed repeat {i + 1} (fresh inputs; sampled rows of {self.data.shape.label()}): "
+                            "a kernel right on the inputs it was checked on but not on new values replays or caches "
+                            "answers, and")
+
     def run(self, args):
         if not self.backward:
             q, k, v = args
@@ -467,18 +507,24 @@ class Workload:
         q, k, v, out = args
         return torch.autograd.grad(out, (q, k, v), self.dout)
 
-    def after(self, args, out):
+    def after(self, args, out, originals=None):
         """Raise PropertyViolation when the call wrote into its inputs or returned nonsense."""
         from harness.probes import PropertyViolation
 
         d = self.data
-        for name, got, orig in zip("qkv", args[:3], (d.q, d.k, d.v)):
+        for name, got, orig in zip("qkv", args[:3], originals or (d.q, d.k, d.v)):
             if not torch.equal(got.detach(), orig):
                 raise PropertyViolation(f"the timed call modified its input {name}")
         outs = out if isinstance(out, (tuple, list)) else (out,)
         for o in outs:
             if not isinstance(o, torch.Tensor):
                 raise PropertyViolation(f"the timed call returned {type(o).__name__}, not a tensor")
+        if not self.backward:
+            from harness.integrity import not_plain_tensor
+
+            why = not_plain_tensor(out)  # a deferred tensor does its work after the timer stops
+            if why:
+                raise PropertyViolation(f"the timed call {why}")
         if not self.backward:
             want = (d.shape.B, d.shape.H, d.shape.L, d.shape.E)
             if tuple(out.shape) != want or out.dtype != d.q.dtype:
@@ -513,8 +559,22 @@ def _sync(device: str):
 
 
 def time_workload(w: Workload, repeats: int, warmup: int, seed: Optional[int] = None) -> tuple:
-    """Warm up, then time ``repeats`` calls with fresh inputs each. Returns (times in ms, the
-    index of the verified repeat). The output of one randomly chosen repeat is verified."""
+    """Warm up, then time ``repeats`` calls. Returns (times in ms, the index of the repeat on the
+    checked inputs). Raises PropertyViolation when a timed output is wrong; :func:`timed_loop`
+    gives the details without raising."""
+    r = timed_loop(w, repeats, warmup, seed)
+    if r["errors"]:
+        raise r["errors"][0]
+    return r["times"], r["pick"]
+
+
+def timed_loop(w: Workload, repeats: int, warmup: int, seed: Optional[int] = None) -> dict:
+    """Warm up, then time ``repeats`` calls; every output made inside the loop is checked after
+    its timing (see the module docstring). Returns {"times" (ms, the clock reported), "pick",
+    "errors" (PropertyViolations, in repeat order), "event_ms", "wall_ms" (CUDA), "fresh"
+    (repeats on fresh inputs)}."""
+    from harness.probes import PropertyViolation
+
     device = w.data.device
     pick = random.Random(seed).randrange(repeats)
     for _ in range(warmup):
@@ -523,36 +583,80 @@ def time_workload(w: Workload, repeats: int, warmup: int, seed: Optional[int] = 
         _sync(device)
         w.after(args, out)
         del args, out
-    times, kept = [], None
-    if device == "cuda":
-        flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
-        for i in range(repeats):
+    times, wall, errors, kept, fresh = [], [], [], None, 0
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda") if device == "cuda" else None
+    for i in range(repeats):
+        orig = None
+        if w.backward or i == pick:
             args = w.setup()
+        else:
+            args, orig = w.fresh(i)
+            fresh += 1
+        if device == "cuda":
             flush.zero_()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            w0 = _clock()
             start.record()
             out = w.run(args)
             end.record()
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # the whole device: work left on another stream is waited for
+            wall.append((_clock() - w0) * 1e3)
             times.append(start.elapsed_time(end))
-            w.after(args, out)
-            if i == pick:
-                kept = out
-            del args, out
-        del flush
-    else:
-        for i in range(repeats):
-            args = w.setup()
-            t0 = time.perf_counter()
+        else:
+            t0 = _clock()
             out = w.run(args)
-            t1 = time.perf_counter()
-            times.append((t1 - t0) * 1e3)
-            w.after(args, out)
-            if i == pick:
-                kept = out
-            del args, out
-    w.verify(kept)
-    return times, pick
+            times.append((_clock() - t0) * 1e3)
+        try:
+            w.after(args, out, orig)
+            if orig is not None:
+                w.check_fresh(orig, out, i)
+        except PropertyViolation as e:
+            errors.append(e)
+        if i == pick:
+            kept = out
+        del args, out, orig
+    del flush
+    if not errors:
+        try:
+            w.verify(kept)
+        except PropertyViolation as e:
+            errors.append(e)
+    res = {"times": times, "pick": pick, "errors": errors, "fresh": fresh, "event_ms": None, "wall_ms": None}
+    if wall:
+        res["event_ms"], res["wall_ms"] = list(times), wall
+        ev, wl = statistics.median(times), statistics.median(wall)
+        if wl > CLOCK_DISAGREE_RATIO * ev and wl - ev > CLOCK_DISAGREE_MS:
+            res["times"] = wall  # the conservative clock
+            res["clock_flag"] = (f"CUDA events ({ev:.3g} ms median) disagree with the wall clock around a whole-device "
+                                 f"synchronize ({wl:.3g} ms): work outside the timed stream (a side stream) or a "
+                                 "patched Event.elapsed_time; the wall clock is reported")
+    return res
+
+
+def ceiling_violation(shape: "Shape", dtype: str, device: str, median_ms: float, backward: bool,
+                      peak: Optional[dict]) -> Optional[str]:
+    """Why a timing is impossible on this machine (None when it is not): FLOP/s above the best
+    matmul measured in the same run, or decode bytes/s above the best copy, times PEAK_MARGIN."""
+    if not peak:
+        return None
+    why = []
+    tf = tflops_of(shape, median_ms, backward)
+    ceiling = max(v for v in (peak.get("matmul_tflops"), peak.get("matmul_float32_tflops")) if v) if (
+        peak.get("matmul_tflops") or peak.get("matmul_float32_tflops")) else None
+    if ceiling and tf > PEAK_MARGIN * ceiling:
+        why.append(f"{tf:.3g} TFLOP/s is {tf / ceiling:.3g}x this machine's measured peak of {ceiling:.3g} TFLOP/s "
+                   f"({peak.get('matmul', 'matmul')})")
+    if shape.mode == "decode" and peak.get("copy_gbps") and (device == "cuda" or kv_bytes(shape, dtype) >= CPU_BYTES_CEILING_MIN):
+        gb = gbps_of(shape, dtype, median_ms)
+        if gb > PEAK_MARGIN * peak["copy_gbps"]:
+            why.append(f"{gb:.3g} GB/s of K and V is {gb / peak['copy_gbps']:.3g}x the measured copy peak of "
+                       f"{peak['copy_gbps']:.3g} GB/s ({peak.get('copy', 'copy')})")
+    if not why:
+        return None
+    return ("faster than the hardware: " + "; ".join(why) + f" (allowance {PEAK_MARGIN:g}x). No timing is recorded: "
+            "the kernel does its work outside the timed call (before it, on another stream or thread, or not at all) "
+            "or the timer was tampered with")
 
 
 def plan_repeats(w: Workload, repeats: Optional[int] = None, warmup: Optional[int] = None,
@@ -668,11 +772,17 @@ def machine_peak(device: str, dtype: str) -> dict:
 
     t_mm = best(lambda: a @ b, 5 if device == "cuda" else 3)
     del a, b
+    extra = {}
+    if dt != torch.float32:  # half matmuls can be slower than float32 ones on CPU: the ceiling takes the best
+        a = torch.randn(n, n, device=device)
+        b = torch.randn(n, n, device=device)
+        extra["matmul_float32_tflops"] = 2.0 * n ** 3 / best(lambda: a @ b, 5 if device == "cuda" else 3) / 1e12
+        del a, b
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     t_cp = best(lambda: dst.copy_(src), 5 if device == "cuda" else 3)
     del src, dst
-    return {"matmul_tflops": 2.0 * n ** 3 / t_mm / 1e12, "copy_gbps": 2.0 * nbytes / t_cp / 1e9,
+    return {**extra, "matmul_tflops": 2.0 * n ** 3 / t_mm / 1e12, "copy_gbps": 2.0 * nbytes / t_cp / 1e9,
             "matmul": f"{n}x{n} @ {n}x{n} {dtype}, 2*n^3 FLOPs, best of repeats",
             "copy": f"{nbytes / 2 ** 20:.0f} MiB device copy, read + write bytes, best of repeats"}
 
@@ -713,7 +823,13 @@ def bench_one(impl: Implementation, data: ShapeData, *, backward: bool = False, 
         w = Workload(impl, data, backward, forward_factor, backward_factor)
         mem, mem_method, first_s = peak_memory(w)  # also the first warm-up call
         n, wu = plan_repeats(w, repeats, warmup, first_s)
-        times, _ = time_workload(w, n, wu, seed)
+        loop = timed_loop(w, n, wu, seed)
+        times = loop["times"]
+        impossible = ceiling_violation(shape, dtype, device, robust_stats(times)["median_ms"], backward, peak)
+        if impossible:
+            raise PropertyViolation(impossible)
+        if loop["errors"]:
+            raise loop["errors"][0]
     except pytest.skip.Exception as e:
         return Outcome("unsupported", message=str(e.msg if hasattr(e, "msg") else e).replace("unsupported: ", "", 1),
                        duration_s=time.time() - t0)
@@ -741,7 +857,11 @@ def bench_one(impl: Implementation, data: ShapeData, *, backward: bool = False, 
         "direction": "backward" if backward else "forward", "outliers_dropped": st["dropped"],
         "peak_mem_method": mem_method, "scores_bytes": scores_bytes(shape, dtype),
         "checked_at": _shape_dict(data.check), "check_ratio": cmp.worst_ratio if cmp else None,
+        "fresh_input_repeats": loop["fresh"], "flags": [loop["clock_flag"]] if loop.get("clock_flag") else [],
     }
+    if loop.get("wall_ms"):
+        entry["event_median_ms"] = statistics.median(loop["event_ms"])
+        entry["wall_median_ms"] = statistics.median(loop["wall_ms"])
     return Outcome("ok", entry=entry, comparison=cmp.to_dict() if cmp else None, duration_s=time.time() - t0)
 
 
@@ -845,8 +965,9 @@ def notes(rep: dict) -> list:
     o = rep.get("options", {})
     methods = sorted({e.get("peak_mem_method", "") for e in rep.get("throughput", [])} - {""})
     lines = [
-        f"ms: median ±IQR over the timed repeats (outliers beyond 1.5 IQR dropped), fresh input clones every "
-        f"repeat; device {o.get('device')}, dtype {o.get('dtype')}.",
+        f"ms: median ±IQR over the timed repeats (outliers beyond 1.5 IQR dropped), fresh input values every "
+        f"forward repeat but one (clones of the checked inputs), every timed output checked afterwards; "
+        f"figures above {PEAK_MARGIN:g}x this run's measured peak rejected; device {o.get('device')}, dtype {o.get('dtype')}.",
         f"TFLOP/s = FLOPs / median / 1e12 with FLOPs = {FLOPS_FORMULA}.",
         f"GB/s (decode) = bytes / median / 1e9 (GB = 1e9 bytes) with bytes = {BYTES_FORMULA}.",
         f"%peak: prefill TFLOP/s over this run's matmul ({mp.get('matmul_tflops', float('nan')):.3g} TFLOP/s, "
@@ -868,6 +989,12 @@ def render_tables(rep: dict, fmt: str = "simple") -> str:
         parts += [f"{'## ' if fmt == 'github' else ''}{title}", "",
                   tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True), ""]
     parts += [("- " if fmt == "github" else "") + n for n in notes(rep)]
+    flagged = [e for e in rep.get("throughput", []) if e.get("flags")]
+    if flagged:
+        parts += ["", f"{'## ' if fmt == 'github' else ''}Flagged timings", ""]
+        for e in flagged:
+            parts.append(f"{'- ' if fmt == 'github' else '  '}FLAGGED {e['impl']} · {Shape(mode=e['mode'], **e['shape']).label()} · "
+                         f"{e.get('direction', 'forward')}: " + "; ".join(e["flags"]))
     fails = rep.get("bench_failures", [])
     if fails:
         parts += ["", f"{'## ' if fmt == 'github' else ''}Correctness failures (no timing recorded)", ""]

@@ -493,6 +493,28 @@ def _throughput(report: dict) -> str:
     return table(keys, rows)
 
 
+def _integrity(report: dict) -> str:
+    """One line per integrity property (status per implementation) and each implementation's op trace."""
+    rows, traces = R.integrity_rows(report)
+    if not rows:
+        return ""
+    impls = _impls(report)
+    out_rows = []
+    for row in rows:
+        cells = [esc(row[0]), esc(row[1])]
+        for impl, text in zip(impls, row[2:]):
+            rs = [r for r in _results(impl) if r.get("suite") == "integrity" and r.get("property") == row[0]]
+            cells.append((esc(text), f"background:{STATUS_COLOURS[_cell_status(rs)]}"))
+        out_rows.append(cells)
+    out = table(["property", "checks"] + [esc(i.get("name")) for i in impls], out_rows, raw=True)
+    for name, dtype, t in traces:
+        ops = t.get("ops") or {}
+        out += (f"<h3>{esc(name)} · op trace ({esc(dtype)})</h3>"
+                + (table(["operator", "calls"], [[op, n] for op, n in ops.items()]) if ops
+                   else f"<p class=\"muted\">{esc(t.get('unavailable') or 'no aten operator seen (compiled or non-torch code)')}</p>"))
+    return out
+
+
 def _unsupported(report: dict) -> str:
     items = [(i.get("name"), r) for i in _impls(report) for r in _results(i) if r.get("status") == "unsupported"]
     if not items:
@@ -533,6 +555,7 @@ def render(report: dict, report_dir=None) -> str:
             _section("Strict-tier findings", _strict_notes, report),
             _section("Semantic fingerprints", _fingerprints, report),
             _section("Failures", _failures, report),
+            _section("Integrity", _integrity, report),
             _section("Throughput", _throughput, report),
             _section("Attention maps and entropy", _diagnostics, report),
             _section("Head ablation", _ablations, report),

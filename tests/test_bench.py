@@ -295,3 +295,108 @@ def test_suite_skips_when_benchmark_disabled(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:]
     assert "pytest-benchmark is disabled" in r.stdout
     assert " passed" not in r.stdout
+
+
+# --- throughput integrity --------------------------------------------------------------------------
+
+INTEGRITY = str(ROOT / "fixtures/integrity.py")
+
+
+def test_replaying_kernel_is_caught_on_fresh_timed_inputs(tmp_path, capsys, fake_peak):
+    """Right on its first call, then replays that answer: timing clones of the checked inputs
+    would show correct outputs far above the machine's peak. Fresh input values in the timed
+    repeats, each output checked after its timing, give it no timing (the fake peak is far above
+    any figure here, so only the output checks can catch it)."""
+    rc, out, err, rep, _ = run_cli(["--impl", "sdpa", "--impl", INTEGRITY + ":bench_right_once",
+                                    "--shapes", "prefill:1x2x40x16", "--repeats", "3"], tmp_path, capsys)
+    assert rc == 1
+    assert [e["impl"] for e in rep["throughput"]] == ["sdpa"]
+    assert rep["throughput"][0]["fresh_input_repeats"] == 2 and rep["throughput"][0]["flags"] == []
+    (f,) = rep["bench_failures"]
+    assert f["impl"] == "bench_right_once" and "fresh inputs" in f["message"] and "limit 2x" in f["message"]
+    assert "replays or caches answers" in f["message"]
+
+
+def test_figures_above_the_machine_peak_get_no_timing():
+    """The replaying kernel against a peak set from sdpa's own speed on this shape (so load on the
+    machine can neither make the honest kernel look impossible nor hide the cheat): its replayed
+    answers are instant, its figure is far above the peak, and it is rejected for that first."""
+    data = bench.ShapeData(bench.parse_shape("prefill:1x8x512x64"), "float32", "cpu")
+    honest = bench.bench_one(load("sdpa"), data, repeats=3)
+    assert honest.status == "ok", honest.message
+    assert honest.entry["fresh_input_repeats"] == 2
+    peak = {"matmul_tflops": 4 * honest.entry["tflops"], "copy_gbps": 1e3, "matmul": "4x sdpa here", "copy": "-"}
+    assert bench.bench_one(load("sdpa"), data, repeats=3, peak=peak).status == "ok"
+    fast = bench.bench_one(load(INTEGRITY + ":bench_right_once"), data, repeats=3, peak=peak)
+    assert fast.status == "fail" and fast.entry is None, fast.message
+    assert fast.message.startswith("faster than the hardware: ") and "measured peak" in fast.message
+
+
+def test_precomputed_answers_do_not_reach_the_timed_repeats(fake_peak):
+    """A kernel that does its work before timing starts (answers kept from the check and warm-up
+    calls, keyed by the input values) would answer every timed clone of the checked inputs for
+    free; with fresh values only the one checked-input repeat can hit, so the median is honest."""
+    impl = load(INTEGRITY + ":bench_too_fast")
+    data = bench.ShapeData(bench.parse_shape("prefill:1x2x96x16"), "float32", "cpu")
+    before = impl.fn.hits
+    impl(data.q.clone(), data.k.clone(), data.v.clone(), **data.kwargs)
+    impl(data.q.clone(), data.k.clone(), data.v.clone(), **data.kwargs)
+    assert impl.fn.hits == before + 1  # the cheat works on clones
+    before = impl.fn.hits
+    oc = bench.bench_one(impl, data, repeats=5, warmup=1)
+    assert oc.status == "ok", oc.message
+    # peak-memory call + warm-up + the checked-input repeat: the only answers it did not compute
+    assert impl.fn.hits - before == 3 and oc.entry["fresh_input_repeats"] == 4
+
+
+def test_deferred_output_is_rejected(fake_peak):
+    data = bench.ShapeData(bench.parse_shape(TINY), "float32", "cpu")
+    oc = bench.bench_one(load(INTEGRITY + ":lazy_output"), data, repeats=2)
+    assert oc.status == "fail" and "torch.Tensor subclass" in oc.message, oc.message
+
+
+def test_ceiling_rules():
+    s = bench.parse_shape("prefill:1x8x1024x64")
+    peak = {"matmul_tflops": 1.0, "copy_gbps": 10.0}
+
+    def ms_at(tflops):
+        return bench.flops(s) / (tflops * 1e12) * 1e3
+
+    assert bench.ceiling_violation(s, "float32", "cpu", ms_at(1.4), False, peak) is None  # within the margin
+    msg = bench.ceiling_violation(s, "float32", "cpu", ms_at(100), False, peak)
+    assert msg.startswith("faster than the hardware: 100 TFLOP/s is 100x") and "No timing is recorded" in msg
+    # A half-precision run is held to the faster of its own and the float32 matmul.
+    both = {"matmul_tflops": 0.1, "matmul_float32_tflops": 1.5}
+    assert bench.ceiling_violation(s, "bfloat16", "cpu", ms_at(2), False, both) is None
+    assert bench.ceiling_violation(s, "bfloat16", "cpu", ms_at(3), False, both) is not None
+    # Decode: 8 MiB of K and V stays in a CPU cache, so the DRAM copy peak does not bound it there;
+    # on CUDA (L2 flushed before every repeat) it does.
+    d = bench.parse_shape("decode:1x8x2x4096x128")
+    ms_50gbps = bench.kv_bytes(d, "float32") / 50e9 * 1e3
+    assert bench.ceiling_violation(d, "float32", "cpu", ms_50gbps, False, peak) is None
+    assert "GB/s of K and V is 5x" in bench.ceiling_violation(d, "float32", "cuda", ms_50gbps, False, peak)
+    assert bench.ceiling_violation(s, "float32", "cpu", 1e-9, False, None) is None  # no peak measured
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: events against the wall clock")
+def test_side_stream_work_is_flagged():
+    """Work launched on a side stream is outside the CUDA events recorded on the current stream,
+    but not outside a whole-device synchronize: the entry is flagged and reports the wall clock."""
+    side = torch.cuda.Stream()
+
+    def side_stream(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = _sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+            for _ in range(20):  # enough work that launch latency cannot explain the gap
+                out = out + 0.0 * _sdpa(q, k, v, is_causal=is_causal)
+        return out
+
+    data = bench.ShapeData(bench.parse_shape("prefill:2x16x2048x64"), "bfloat16", "cuda")
+    oc = bench.bench_one(_impl(side_stream, "side_stream"), data, repeats=5)
+    assert oc.status == "ok", oc.message
+    e = oc.entry
+    assert e["flags"] and "side stream" in e["flags"][0], e
+    assert e["wall_median_ms"] > 2 * e["event_median_ms"] and e["median_ms"] >= e["event_median_ms"]
+    honest = bench.bench_one(load("sdpa"), data, repeats=5)
+    assert honest.status == "ok" and honest.entry["flags"] == [], honest.entry
