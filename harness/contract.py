@@ -43,7 +43,8 @@ class Capabilities:
     supported at all. ``fully_masked_rows`` is the declared output for a query row with no visible
     key: ``"zero"`` (the reference's definition), ``"uniform"`` (finfo.min additive masking) or
     ``None`` (undefined: such rows are never generated except by the fingerprint, which only
-    reports what it sees).
+    reports what it sees). ``cross_attention=False`` declares a self-attention-only kernel: every
+    case has L == S.
     """
 
     devices: tuple = ("cpu", "cuda")
@@ -58,6 +59,7 @@ class Capabilities:
     max_seq_len: Optional[int] = None
     fully_masked_rows: Optional[str] = "zero"
     deterministic: bool = True
+    cross_attention: bool = True  # False: self-attention only, L == S (vision transformers)
 
     def __post_init__(self):
         if self.causal not in (None, "top_left", "bottom_right"):
@@ -82,7 +84,7 @@ class Capabilities:
 
     def why_not(self, *, device=None, dtype=None, mask_kind=None, is_causal=False, gqa=False,
                 autograd=False, seq_len=None, head_dim=None, value_dim_differs=False,
-                fully_masked_rows=False) -> Optional[str]:
+                fully_masked_rows=False, cross=False) -> Optional[str]:
         """The reason a case is outside this contract, or None when it is inside."""
         if device is not None and device not in self.devices:
             return f"device {device} not in {list(self.devices)}"
@@ -104,6 +106,8 @@ class Capabilities:
             return "Ev != E not supported"
         if fully_masked_rows and self.fully_masked_rows is None:
             return "fully masked rows are undefined for this implementation"
+        if cross and not self.cross_attention:
+            return "self-attention only (L == S): cross-attention not supported"
         return None
 
 
@@ -147,6 +151,7 @@ class Implementation:
     fn: Callable
     capabilities: Capabilities = field(default_factory=Capabilities)
     description: str = ""
+    declared: bool = True  # False: a plain callable that declared nothing (the default contract)
 
     def __call__(self, query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
         # The harness always calls with keywords and dropout_p=0.0: the contract is SDPA's.
@@ -167,11 +172,25 @@ def _from_object(obj: Any, spec: str, name: str) -> Implementation:
     caps = getattr(obj, "capabilities", None)
     if not isinstance(caps, Capabilities):
         caps = getattr(obj, "__harness_capabilities__", None)
-    if not isinstance(caps, Capabilities):
+    declared = isinstance(caps, Capabilities)
+    if not declared:
         caps = Capabilities()
     nm = getattr(obj, "name", None) if isinstance(obj, Adapter) else None
     return Implementation(name=nm or name, spec=spec, fn=obj, capabilities=caps,
-                          description=(inspect.getdoc(obj) or "").split("\n")[0])
+                          description=(inspect.getdoc(obj) or "").split("\n")[0], declared=declared)
+
+
+def declaration_hint(impl, **fields) -> str:
+    """What to write so that the behaviour just seen is inside the contract, for a failure
+    message: a plain callable that declared nothing gets the one-line decorator to add (it never
+    declared what it is held to), a declared one the fields to change."""
+    args = ", ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v!r}" for k, v in fields.items())
+    if isinstance(impl.fn, Adapter):
+        return f"if that is intended, declare it on the adapter: capabilities = Capabilities(..., {args})"
+    if not getattr(impl, "declared", True):
+        return (f"{impl.name} declares no capabilities, so it is held to the default contract; if that is "
+                f"intended, declare it with @harness.capabilities({args})")
+    return f"its declared capabilities say otherwise; if that is intended, declare {args}"
 
 
 def _load_file(path: str, attr: str, spec: str) -> Implementation:

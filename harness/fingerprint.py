@@ -21,6 +21,8 @@ CASES = {
     "causal_alignment": Case(L=2, S=4, E=8, Ev=8, policy="causal()", mask="is_causal"),
     "mask_polarity": Case(L=2, S=4, E=8, Ev=8, policy="key_padding([3])", mask="bool", mask_shape="B11S"),
     "fully_masked_rows": Case(L=2, S=3, E=8, Ev=8, mask="bool", mask_shape="LS"),
+    # Self-attention kernels (L == S) take other paths than cross-attention ones: probed too.
+    "fully_masked_rows_square": Case(L=3, S=3, E=8, Ev=8, mask="bool", mask_shape="LS"),
     "default_scale": Case(L=3, S=5, E=16, Ev=8, seed=3),
     "explicit_scale_honoured": Case(L=3, S=5, E=16, Ev=8, seed=4, scale=0.9),
     "gqa_mapping": Case(B=1, H=4, Hkv=2, L=1, S=2, E=8, Ev=8),
@@ -75,11 +77,14 @@ def mask_polarity(impl, dtype="float32", device="cpu") -> str:
     return "other"
 
 
-def fully_masked_rows(impl, dtype="float32", device="cpu") -> str:
-    """zero | nan | uniform | other, for a query row whose every key is masked out."""
-    inp = _inputs(impl, "fully_masked_rows", dtype, device)
-    m = torch.tensor([[True, True, False], [False, False, False]], device=inp.q.device)
-    inp = inp.replace(attn_mask=m, visible=m.expand(1, 1, 2, 3))
+def _fully_masked_row(impl, name, dtype, device) -> str:
+    inp = _inputs(impl, name, dtype, device)
+    L, S = inp.case.L, inp.case.S
+    # row 1 sees nothing; row 0 all but the last key, any further rows everything
+    m = torch.ones(L, S, dtype=torch.bool, device=inp.q.device)
+    m[0, -1] = False
+    m[1] = False
+    inp = inp.replace(attn_mask=m, visible=m.expand(1, 1, L, S))
     out = probes.call(impl, inp).detach().double()[0, 0, 1]
     if bool(torch.isnan(out).any()):
         return "nan"
@@ -88,6 +93,34 @@ def fully_masked_rows(impl, dtype="float32", device="cpu") -> str:
     if bool(torch.allclose(out, inp.v.double()[0, 0].mean(0), atol=1e-2)):
         return "uniform"
     return "other"
+
+
+def fully_masked_rows(impl, dtype="float32", device="cpu") -> str:
+    """zero | nan | uniform | other, for a query row whose every key is masked out, probed with
+    L != S and with L == S (as far as the declared capabilities reach); two different answers
+    are reported as ``"<a> (L=2, S=3), <b> (L=3, S=3)"``."""
+    import pytest
+
+    seen = {}
+    for name in ("fully_masked_rows", "fully_masked_rows_square"):
+        try:
+            case = case_for(name, dtype, device, getattr(impl, "capabilities", None))
+        except pytest.skip.Exception:
+            continue
+        key = f"L={case.L}, S={case.S}"
+        if key in seen:  # a self-attention kernel's two probes fit to the same shape
+            continue
+        try:
+            seen[key] = _fully_masked_row(impl, name, dtype, device)
+        except pytest.skip.Exception:
+            if len(seen) == 0 and name == "fully_masked_rows_square":
+                raise
+    if not seen:
+        pytest.skip("unsupported: no fully-masked-row probe fits the declared capabilities")
+    got = set(seen.values())
+    if len(got) == 1:
+        return got.pop()
+    return ", ".join(f"{v} ({k})" for k, v in seen.items())
 
 
 def default_scale(impl, dtype="float32", device="cpu") -> str:
@@ -134,7 +167,7 @@ def fingerprint(impl, dtype="float32", device="cpu", caps=None) -> dict:
 
     caps = caps or impl.capabilities
     fp = {}
-    probes_ = {"causal_alignment": (causal_alignment, caps.causal is not None),
+    probes_ = {"causal_alignment": (causal_alignment, caps.causal is not None and caps.cross_attention),
                "mask_polarity": (mask_polarity, "bool" in caps.mask_kinds),
                "fully_masked_rows": (fully_masked_rows, "bool" in caps.mask_kinds),
                "default_scale": (default_scale, True),
@@ -147,7 +180,7 @@ def fingerprint(impl, dtype="float32", device="cpu", caps=None) -> dict:
             continue
         try:
             fp[name] = fn(impl, dtype, device)
-        except pytest.skip.Exception as e:
+        except pytest.skip.Exception:
             fp[name] = "unsupported"
         except Exception as e:  # the fingerprint reports; the gate tests judge
             fp[name] = f"error: {type(e).__name__}: {e}"[:200]

@@ -30,9 +30,50 @@ class ImplementationError(RuntimeError):
 
 
 CALL_TIMEOUT_S = 30.0
-# Why each generated case of the running property was unsupported; the pytest plugin resets it
-# per test and reports the count.
-UNSUPPORTED_CASES: list = []
+# After this many NotImplementedError cases in a row, with no call of the property answered yet,
+# the property stops as unsupported: a kernel that supports nothing here (a CUDA-only operator on
+# CPU) would otherwise have hypothesis draw hundreds of cases to learn nothing.
+UNSUPPORTED_STOP_AFTER = 20
+
+
+class _UnsupportedLog(list):
+    """Why each generated case of the running property was unsupported. The pytest plugin clears
+    it per test and reports the count; clearing also restarts the run of unsupported cases.
+
+    A case counts as answered once a later case starts without it having raised
+    NotImplementedError (a decode property's prefill call may succeed and its decode call not)."""
+
+    consecutive = 0
+    answered = False
+    _case = None  # hypothesis's build context of the case the last call belonged to
+    _case_raised = False
+
+    def clear(self):
+        super().clear()
+        self.consecutive = 0
+        self.answered = False
+        self._case, self._case_raised = None, False
+
+    def on_call(self):
+        try:
+            from hypothesis.control import current_build_context
+
+            ctx = current_build_context()
+        except Exception:  # outside hypothesis: each call is its own case
+            ctx = object()
+        if ctx is not self._case:
+            if self._case is not None and not self._case_raised:
+                self.consecutive, self.answered = 0, True
+            self._case, self._case_raised = ctx, False
+
+    def on_unsupported(self) -> bool:
+        """Count one unsupported case; True when the property should stop as unsupported."""
+        self._case_raised = True
+        self.consecutive += 1
+        return not self.answered and self.consecutive >= UNSUPPORTED_STOP_AFTER
+
+
+UNSUPPORTED_CASES: list = _UnsupportedLog()
 _hung: set = set()
 
 
@@ -68,6 +109,9 @@ def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=..
         kw["attn_mask"] = attn_mask
     if impl.name in _hung:
         raise ImplementationError(f"{impl.name} hung on an earlier call; not calling it again")
+    q, k, v, kw = inp.laid_out(q, k, v, kw)  # the case's memory layout, kept for replaced tensors
+    if isinstance(UNSUPPORTED_CASES, _UnsupportedLog):
+        UNSUPPORTED_CASES.on_call()
     try:
         with _deadline(CALL_TIMEOUT_S if timeout is None else timeout, impl.name):
             out = impl(q, k, v, **kw)
@@ -77,6 +121,14 @@ def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=..
         why = f"{impl.name} raised NotImplementedError: {e}"
         from hypothesis.control import currently_in_test_context
 
+        log = UNSUPPORTED_CASES
+        if isinstance(log, _UnsupportedLog):
+            if log.on_unsupported():
+                # pytest's skip passes through hypothesis and ends the property; the plugin
+                # records a skip whose reason says "unsupported:" as unsupported.
+                log.append(why)
+                pytest.skip(f"unsupported: NotImplementedError on the first {log.consecutive} cases, none "
+                            f"answered; stopped early. Last: {why}")
         if currently_in_test_context():
             # Only this case is unsupported: skip it and keep drawing others. (pytest.skip here
             # would end the whole property at the first such case, often an @example.)
@@ -122,10 +174,24 @@ def effective_weights(impl: Implementation, inp: Inputs) -> torch.Tensor:
     return torch.cat(cols, dim=-1)
 
 
-def assert_no_forbidden_weight(w: torch.Tensor, inp: Inputs, what: str):
+def fixed_rows(inp: Inputs, caps=None) -> torch.Tensor:
+    """(B, H, L) rows whose output the contract fixes whatever masked keys hold: every row with a
+    visible key, and the rows with none only where ``caps`` declares them zero. A row with no
+    visible key declared ``uniform`` (finfo.min additive masking) averages every value, masked or
+    not, so by contract it reads them; undeclared (or unknown: ``caps`` None) it is judged by
+    nothing. Properties hold only these rows to "masked keys must not matter"."""
+    rows = inp.has_visible
+    if caps is not None and caps.fully_masked_rows == "zero":
+        rows = torch.ones_like(rows)
+    return rows
+
+
+def assert_no_forbidden_weight(w: torch.Tensor, inp: Inputs, what: str, caps=None):
     """Effective weights (from :func:`effective_weights`) exactly zero on every (query, key) pair
-    the case forbids, and some weight on a visible key in every row that has one."""
-    leak = (w != 0) & ~inp.visible
+    the case forbids, and some weight on a visible key in every row that has one. Rows with no
+    visible key are judged by the declaration in ``caps`` (zero: no weight anywhere; uniform:
+    1/S on every key) and skipped when it is unknown."""
+    leak = (w != 0) & ~inp.visible & fixed_rows(inp, caps).to(w.device).unsqueeze(-1)
     if bool(leak.any()):
         b, h, i, j = (int(x) for x in leak.nonzero()[0])
         raise PropertyViolation(f"{int(leak.sum())} {what} (query, key) pairs get weight; first: query {i} -> "
@@ -134,16 +200,27 @@ def assert_no_forbidden_weight(w: torch.Tensor, inp: Inputs, what: str):
     if bool(missing.any()):
         b, h, i = (int(x) for x in missing.nonzero()[0])
         raise PropertyViolation(f"query {i} (b={b}, h={h}) gives no weight to any visible key")
+    empty = ~inp.has_visible.to(w.device)
+    if caps is not None and caps.fully_masked_rows == "uniform" and bool(empty.any()):
+        S = w.shape[-1]
+        # 1/S rounded once in the dtype, and the one-hot readout is exact
+        off = ((w * S - 1).abs() > 4 * torch.finfo(inp.q.dtype).eps).any(-1) & empty
+        if bool(off.any()):
+            b, h, i = (int(x) for x in off.nonzero()[0])
+            raise PropertyViolation(f"{int(off.sum())} rows with no visible key are not uniform as declared; first: "
+                                    f"query {i} (b={b}, h={h}) weights in [{float(w[b, h, i].min()):.3g}, "
+                                    f"{float(w[b, h, i].max()):.3g}], declared 1/S = {1 / S:.3g}")
 
 
-def blocked_rows(inp: Inputs, keys: torch.Tensor) -> torch.Tensor:
+def blocked_rows(inp: Inputs, keys: torch.Tensor, caps=None) -> torch.Tensor:
     """(B, H, L) rows that may read none of the keys in ``keys`` ((B, Hkv, S) or (S,) bool):
-    whatever is stored at those keys must not reach these rows."""
+    whatever is stored at those keys must not reach these rows. Rows with no visible key at all
+    count only where ``caps`` declares them zero (see :func:`fixed_rows`)."""
     B, H, L, S = inp.visible.shape
     Hkv = inp.case.Hkv
     kk = keys.expand(B, Hkv, S) if keys.dim() == 1 else keys
     kk = kk.repeat_interleave(H // Hkv, dim=1)  # query head h reads kv head h // (H // Hkv)
-    return ~(inp.visible & kk.unsqueeze(2)).any(dim=-1)
+    return ~(inp.visible & kk.unsqueeze(2)).any(dim=-1) & fixed_rows(inp, caps).to(kk.device)
 
 
 def perturb_keys(inp: Inputs, keys: torch.Tensor, how: str, seed: int = 0):
@@ -193,23 +270,67 @@ def assert_rows_unchanged(before: torch.Tensor, after: torch.Tensor, rows: torch
             f"(b={b_}, h={h_}, row={i_}), max change {delta:.3g}")
 
 
-def grads(impl: Implementation, inp: Inputs, cotangent: torch.Tensor):
-    """(dq, dk, dv) of <out, cotangent> through the implementation."""
-    q = inp.q.detach().clone().requires_grad_(True)
-    k = inp.k.detach().clone().requires_grad_(True)
-    v = inp.v.detach().clone().requires_grad_(True)
+GRAD_PATH = "torch.autograd.grad"
+GRAD_PATH_FALLBACK = ".backward() and .grad"
+# The path the last gradients of :func:`grads` came through (for the recorded numbers).
+last_grad_path = {"path": GRAD_PATH, "why": ""}
+
+
+def grads(impl: Implementation, inp: Inputs, cotangent: torch.Tensor, target=None):
+    """(dq, dk, dv) of <out, cotangent> through the implementation: by ``torch.autograd.grad``,
+    or, where the kernel's graph does not support it (a reentrant ``torch.utils.checkpoint``
+    raises there), by ``.backward()`` on a fresh forward and the leaves' ``.grad``. The path is
+    kept in :data:`last_grad_path` and recorded on ``target`` as ``gradient_path``.
+
+    Rows whose output the contract does not fix (no visible key, declared ``uniform``: they
+    average every value) get no cotangent, so no property holds their gradient to "masked keys
+    get none" (see :func:`fixed_rows`)."""
+    cotangent = cotangent * fixed_rows(inp, getattr(impl, "capabilities", None)).to(cotangent.device).unsqueeze(-1)
+
+    def leaves():
+        return tuple(t.detach().clone().requires_grad_(True) for t in (inp.q, inp.k, inp.v))
+
+    q, k, v = leaves()
     out = call(impl, inp, q=q, k=k, v=v)
+    if not out.requires_grad and not bool(inp.has_visible.any()):
+        # Every row sees no key (a fully padded batch): the output is a constant that needs no
+        # graph, and every gradient is zero.
+        return tuple(torch.zeros_like(t) for t in (q, k, v))
     if not out.requires_grad:
-        raise PropertyViolation("output does not require grad although autograd is declared")
+        from harness.contract import declaration_hint
+
+        raise PropertyViolation("output does not require grad, but the contract includes autograd; "
+                                + declaration_hint(impl, autograd=False))
+    path, why = GRAD_PATH, ""
     try:
         dq, dk, dv = torch.autograd.grad(out, (q, k, v), cotangent.to(out.dtype), allow_unused=True)
     except NotImplementedError as e:
         pytest.skip(f"unsupported: backward raised NotImplementedError: {e}")
     except Exception as e:
-        raise ImplementationError(f"{impl.name} backward raised {type(e).__name__}: {e}") from e
+        first = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        # The first graph may be half consumed: a fresh forward for .backward().
+        q, k, v = leaves()
+        out = call(impl, inp, q=q, k=k, v=v)
+        try:
+            out.backward(cotangent.to(out.dtype))
+        except NotImplementedError as e2:
+            pytest.skip(f"unsupported: backward raised NotImplementedError: {e2}")
+        except Exception as e2:
+            raise ImplementationError(f"{impl.name} backward raised {type(e2).__name__}: {e2} (through .backward(); "
+                                      f"torch.autograd.grad raised {first})") from e2
+        dq, dk, dv = q.grad, k.grad, v.grad
+        path, why = GRAD_PATH_FALLBACK, f"torch.autograd.grad raised {first}"[:300]
+    last_grad_path.update(path=path, why=why)
+    if target is not None:
+        target.record(gradient_path=path, **({"gradient_path_why": why} if why else {}))
     zeros = torch.zeros_like
     return (dq if dq is not None else zeros(q), dk if dk is not None else zeros(k),
             dv if dv is not None else zeros(v))
+
+
+def _grad_path_note() -> str:
+    p = last_grad_path
+    return "" if p["path"] == GRAD_PATH else f" [gradients via {p['path']}: {p['why']}]"
 
 
 def reference_grads(inp: Inputs, cotangent: torch.Tensor, same_dtype: bool = False):
@@ -235,7 +356,8 @@ def assert_zero(t: torch.Tensor, where: torch.Tensor, what: str):
     if vals.numel() and bool((vals != 0).any()):
         nz = int((vals != 0).any(dim=-1).sum())
         raise PropertyViolation(f"{what}: {nz} of {int(where.sum())} positions that must have zero "
-                                f"gradient do not (max |grad| {float(vals.abs().nan_to_num(float('inf')).max()):.3g})")
+                                f"gradient do not (max |grad| {float(vals.abs().nan_to_num(float('inf')).max()):.3g})"
+                                + _grad_path_note())
 
 
 def compare_output(out: torch.Tensor, inp: Inputs, caps, factor: float, ref: Optional[torch.Tensor] = None,
@@ -243,16 +365,17 @@ def compare_output(out: torch.Tensor, inp: Inputs, caps, factor: float, ref: Opt
                    logit_absmax: Optional[torch.Tensor] = None):
     """``out`` against the float64 reference under the dtype-aware per-row bound. Rows without a
     visible key count only when the implementation declares they are zero."""
-    from harness.tolerance import compare
+    from harness.tolerance import baselines, compare
 
     ref = inp.reference() if ref is None else ref
-    baseline = inp.baseline() if baseline is None else baseline
+    baseline = baselines(inp) if baseline is None else baseline
+    baseline = baseline.to(out.device) if isinstance(baseline, torch.Tensor) else [b.to(out.device) for b in baseline]
     logit_absmax = inp.logit_absmax() if logit_absmax is None else logit_absmax
     if rows is None and caps.fully_masked_rows != "zero":
         rows = inp.has_visible.to(out.device)  # declared (or undefined) behaviour elsewhere
     scale = inp.value_scale().to(out.device)
     scale = torch.maximum(scale, ref.detach().abs().amax(dim=-1).to(out.device)) if ref.shape[-1] else scale
-    return compare(out, ref.to(out.device), baseline.to(out.device), inp.q.dtype, factor, rows=rows,
+    return compare(out, ref.to(out.device), baseline, inp.q.dtype, factor, rows=rows,
                    logit_absmax=logit_absmax.to(out.device), scale=scale)
 
 

@@ -41,3 +41,34 @@ def test_half_precision_bound_scales_with_the_dtype():
     inp32 = Case(L=16, S=16, dtype="float32", seed=2).materialize()
     out32 = load("sdpa")(inp32.q, inp32.k, inp32.v) + 4e-3
     assert not _judge(out32, inp32).ok
+
+
+def test_a_baseline_family_holds_each_row_to_its_least_lucky_order():
+    inp = Case(B=1, H=1, Hkv=1, L=3, S=5, E=16, Ev=16, seed=5).materialize()
+    ref = inp.reference()
+    lucky, noisy = ref.clone().float(), ref.clone().float()
+    noisy[0, 0, 1] += 1e-3  # only row 1 of the second ordering is off
+    out = ref.clone().float()
+    out[0, 0, 1] += 1.5e-3
+    assert not compare(out, ref, lucky, torch.float32, 2.0).ok  # one lucky baseline sets the bar
+    both = compare(out, ref, [lucky, noisy], torch.float32, 2.0)
+    assert both.ok and abs(both.worst_baseline - 1e-3) < 1e-6
+    out[0, 0, 2] += 1.5e-3  # row 2: every ordering got it right, so the error is a leak
+    assert compare(out, ref, [lucky, noisy], torch.float32, 2.0).worst_index == (0, 0, 2)
+
+
+def test_the_natural_scale_floor_follows_the_dtype_the_logits_are_rounded_in():
+    """At |logit| ~ a, a plain bfloat16 computation is off by up to ~eps(bf16) * a of the row's
+    value scale; rows the baseline got exactly right are held to a fraction of that, in float32
+    the ulps floor is the larger and nothing changes."""
+    from harness.tolerance import NATURAL_FRACTION, eps
+
+    inp = Case(L=2, S=2, dtype="bfloat16", seed=0).materialize()
+    ref = inp.reference()
+    exact = ref.clone()
+    off = ref.clone()
+    off[0, 0, 0] += 1.9 * NATURAL_FRACTION * eps(torch.bfloat16) * 30.0
+    scale = torch.ones(1, 1, 2, dtype=torch.float64)
+    assert compare(off, ref, exact, torch.bfloat16, 2.0, scale=scale, logit_absmax=30.0).ok
+    assert not compare(off, ref, exact, torch.bfloat16, 2.0, scale=scale, logit_absmax=30.0, natural_fraction=0.0).ok
+    assert not compare(off, ref, exact, torch.bfloat16, 2.0, scale=scale, logit_absmax=1.0).ok
