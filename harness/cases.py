@@ -33,6 +33,65 @@ MASK_SHAPES = {
 }
 MASK_KINDS = ("none", "bool", "float", "is_causal")
 
+# How q, k, v reach the kernel in memory (the values are the same): ``contiguous``; ``transposed``,
+# a view of a (B, L, H, E) buffer as every transformer makes before ``.transpose(1, 2)``;
+# ``sliced``, a batch/head/feature slice of a larger NaN-filled allocation (nonzero storage
+# offset, row stride > E: out-of-bounds reads show up as NaN). ``kv=broadcast`` passes K/V of an
+# MQA case (Hkv = 1) expanded to H heads with stride 0 and enable_gqa=False (pytorch#191937);
+# ``mask=expanded`` passes the mask as a stride-0 view expanded to (B, H, L, S).
+TENSOR_LAYOUTS = ("contiguous", "transposed", "sliced")
+LAYOUT_KEYS = {"q": TENSOR_LAYOUTS, "k": TENSOR_LAYOUTS, "v": TENSOR_LAYOUTS,
+               "kv": ("contiguous", "broadcast"), "mask": ("contiguous", "expanded")}
+
+
+def parse_layout(spec: str) -> dict:
+    """``"q=transposed,kv=broadcast"`` -> every key of :data:`LAYOUT_KEYS` with its layout."""
+    out = {k: "contiguous" for k in LAYOUT_KEYS}
+    if spec in ("", "contiguous"):
+        return out
+    for part in spec.split(","):
+        key, _, val = part.strip().partition("=")
+        if key not in LAYOUT_KEYS or val not in LAYOUT_KEYS[key]:
+            raise ValueError(f"bad layout {part!r} in {spec!r}; known: "
+                             + "; ".join(f"{k}={'|'.join(v)}" for k, v in LAYOUT_KEYS.items()))
+        out[key] = val
+    return out
+
+
+def layout_spec(parts: dict) -> str:
+    """The inverse of :func:`parse_layout`: only the non-contiguous entries, in a fixed order."""
+    s = ",".join(f"{k}={parts[k]}" for k in LAYOUT_KEYS if parts.get(k, "contiguous") != "contiguous")
+    return s or "contiguous"
+
+
+def _lay_out_tensor(t: torch.Tensor, how: str) -> torch.Tensor:
+    # Differentiable views, so gradients taken through the layout land on the logical tensor.
+    if how == "transposed":
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if how == "sliced":
+        B, H, L, E = t.shape
+        pad = (0, 3, 0, 0, 1, 1, 1, 0)  # E + 3 columns, one head either side, one batch before
+        big = torch.nn.functional.pad(t, pad, value=float("nan"))
+        return big[1:, 1:H + 1, :, :E]
+    return t
+
+
+def apply_layout(spec: str, q, k, v, attn_mask):
+    """(q, k, v, attn_mask, enable_gqa override or None) as the kernel receives them."""
+    if spec in ("", "contiguous"):
+        return q, k, v, attn_mask, None
+    lay = parse_layout(spec)
+    q, k, v = (_lay_out_tensor(t, lay[n]) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+    gqa = None
+    H = q.shape[1]
+    if lay["kv"] == "broadcast" and k.shape[1] == 1 and H > 1:
+        k = k.expand(k.shape[0], H, *k.shape[2:])
+        v = v.expand(v.shape[0], H, *v.shape[2:])
+        gqa = False  # the kernel sees plain multi-head K/V that happen to share storage
+    if lay["mask"] == "expanded" and attn_mask is not None:
+        attn_mask = attn_mask.expand(q.shape[0], H, q.shape[2], k.shape[2])
+    return q, k, v, attn_mask, gqa
+
 
 @dataclass(frozen=True)
 class Case:
@@ -54,6 +113,7 @@ class Case:
     alignment: str = "top_left"  # how is_causal is aligned (the implementation's declaration)
     seed: int = 0
     activations: Optional[int] = None  # a layer of real Q/K/V (harness.activations) instead of random
+    layout: str = "contiguous"  # memory layout of q/k/v/mask at the call (see TENSOR_LAYOUTS)
 
     def __repr__(self) -> str:
         # Only the fields that differ from the defaults, strings in double quotes: the repr goes
@@ -91,6 +151,8 @@ class Case:
             extra.append(f"|logit|~{self.magnitude:g}" if self.activations is None else f"q x{self.magnitude:g}")
         if self.activations is not None:
             extra.append(f"real MiniLM activations, layer {self.activations}")
+        if self.layout != "contiguous":
+            extra.append(f"layout {self.layout}")
         return (f"B={self.B} H={self.H} L={self.L} S={self.S} E={self.E} Ev={self.Ev} {self.dtype} "
                 f"{self.policy} via {m}" + (" " + " ".join(extra) if extra else "") + f" seed={self.seed}")
 
@@ -148,10 +210,21 @@ class Case:
         """This case moved inside ``caps`` (dtype, device, GQA, head dims, mask kind, causal
         alignment), or None when it cannot be expressed there."""
         c = self.replace(dtype=dtype, device=device)
-        n = M.from_spec(c.policy).length
+        pol = M.from_spec(c.policy)
+        n = pol.length
         if n is not None and (c.L, c.S) != (n, n):
             raise ValueError(f"{c.policy} describes {n} tokens but the case has L={c.L}, S={c.S}")
-        if c.enable_gqa and not caps.gqa:
+        if pol.keys is not None and c.S != pol.keys:
+            raise ValueError(f"{c.policy} describes {pol.keys} keys but the case has S={c.S}")
+        if not getattr(caps, "cross_attention", True) and c.L != c.S:
+            c = c.replace(L=c.S)  # self-attention only; policies free in L (padding, causal) hold at any L
+        lay = parse_layout(c.layout)
+        if lay["kv"] == "broadcast":
+            if c.H > 1:
+                c = c.replace(Hkv=1)  # MQA: one kv head, handed over expanded to H heads
+            else:
+                c = c.replace(layout=layout_spec({**lay, "kv": "contiguous"}))
+        if c.enable_gqa and not caps.gqa and lay["kv"] != "broadcast":
             c = c.replace(Hkv=c.H)
         if not caps.head_dim_ok(c.E):
             allowed = sorted(caps.head_dims or [e for e in (8, 16, 32, 64, 128) if caps.head_dim_ok(e)])
@@ -206,6 +279,16 @@ class Inputs:
     def kwargs(self) -> dict:
         return dict(attn_mask=self.attn_mask, is_causal=self.is_causal, scale=self.scale,
                     enable_gqa=self.enable_gqa)
+
+    def laid_out(self, q, k, v, kw: dict):
+        """(q, k, v, kwargs) in this case's memory layout: what the kernel is called with.
+        Probes pass their replaced (logical, contiguous) tensors through here, so a perturbed or
+        one-hot call keeps the layout of the case it perturbs."""
+        q, k, v, mask, gqa = apply_layout(self.case.layout, q, k, v, kw.get("attn_mask"))
+        kw = {**kw, "attn_mask": mask}
+        if gqa is not None:
+            kw["enable_gqa"] = gqa
+        return q, k, v, kw
 
     def reference(self, **kw) -> torch.Tensor:
         return attention_reference(self.q, self.k, self.v, causal_alignment=self.case.alignment,

@@ -22,9 +22,12 @@ from typing import Optional, Sequence
 
 from hypothesis import strategies as st
 
-from harness.cases import Case, MASK_SHAPES
+from harness.cases import Case, MASK_SHAPES, TENSOR_LAYOUTS, layout_spec
 
-HEAD_DIMS = (16, 8, 20, 32, 64, 72, 128)
+# Shrink toward the first entries. Above 128 and the odd small ones are where head-dim-specific
+# kernels break (FA#805, FA#1214); 192 with Ev=128 is the MLA shape.
+HEAD_DIMS = (16, 8, 20, 32, 64, 72, 128, 1, 3, 96, 160, 192, 256)
+THOROUGH_HEAD_DIMS = HEAD_DIMS + (512,)
 PROFILE_MAX_LEN = {"quick": 40, "default": 80, "thorough": 300}
 _profile = "default"
 
@@ -39,6 +42,47 @@ def set_profile(name: str) -> None:
 
 def max_len() -> int:
     return PROFILE_MAX_LEN[_profile]
+
+
+def head_dims() -> st.SearchStrategy[int]:
+    """Head dims of the active profile (the thorough one reaches 512)."""
+    return st.deferred(lambda: st.sampled_from(THOROUGH_HEAD_DIMS if _profile == "thorough" else HEAD_DIMS))
+
+
+def value_dims(e: int) -> st.SearchStrategy[int]:
+    """Ev: mostly E, else any head dim; E=192 also draws the MLA value dim 128."""
+    extra = [st.just(128)] if e == 192 else []
+    return st.one_of(st.just(e), *extra, head_dims())
+
+
+@st.composite
+def layouts(draw) -> str:
+    """A memory layout for q, k, v and the mask (see :data:`harness.cases.TENSOR_LAYOUTS`): half
+    the draws contiguous, the rest a per-tensor mix. Shrinks toward contiguous."""
+    if not draw(st.booleans()):
+        return "contiguous"
+    parts = {n: draw(st.sampled_from(TENSOR_LAYOUTS)) for n in ("q", "k", "v")}
+    parts["kv"] = draw(st.sampled_from(["contiguous", "broadcast"]))
+    parts["mask"] = draw(st.sampled_from(["contiguous", "expanded"]))
+    return layout_spec(parts)
+
+
+def examples(quick: int, default: int, thorough: int) -> int:
+    """How many examples an expensive property draws under the active profile (sparse sampling
+    of a costly region instead of dropping it)."""
+    return {"quick": quick, "default": default, "thorough": thorough}[_profile]
+
+
+def sparse_settings(quick: int, default: int, thorough: int):
+    """Hypothesis settings for a property whose cases are expensive: a few draws per run under
+    the active profile, and in the quick profile no explicit examples either (they would cost
+    more than that profile's whole budget). Built at import, after the plugin loaded the profile."""
+    from hypothesis import Phase, settings
+
+    kw = dict(max_examples=examples(quick, default, thorough))
+    if _profile == "quick":
+        kw["phases"] = [Phase.generate, Phase.target, Phase.shrink]
+    return settings(**kw)
 
 
 def lengths(min_value: int = 1, max_value: Optional[int] = None) -> st.SearchStrategy[int]:
@@ -62,10 +106,59 @@ def scales() -> st.SearchStrategy[Optional[float]]:
 # Each draws a policy spec for a given (B, L, S); they return (spec, L, S) because some policies
 # fix the sequence length they describe.
 
+PADDING_PLACEMENTS = ("right", "left", "middle", "scattered")
+
+
+@st.composite
+def padding_rows(draw, B: int, S: int, placement: Optional[str] = None):
+    """Per batch element, which of the S keys are real ("1") and padding ("0"), with the padding
+    placed right, left, in the middle or at scattered positions, independent of how much there
+    is. Now and then one batch row is padded entirely. Shrinks toward right padding."""
+    # Key-by-key placement at tens of thousands of keys would cost more to draw than to run.
+    where = placement or draw(st.sampled_from(PADDING_PLACEMENTS if S <= 4096 else PADDING_PLACEMENTS[:3]))
+    where = "middle" if where == "scattered" and S > 4096 else where
+    rows = []
+    for _ in range(B):
+        n = draw(st.integers(1, S))  # real tokens
+        if where == "right":
+            r = "1" * n + "0" * (S - n)
+        elif where == "left":
+            r = "0" * (S - n) + "1" * n
+        elif where == "middle":
+            a = draw(st.integers(0, n))
+            r = "1" * a + "0" * (S - n) + "1" * (n - a)
+        else:
+            bits = draw(st.lists(st.booleans(), min_size=S, max_size=S))
+            r = "".join("1" if x else "0" for x in bits)
+            r = r if "1" in r else "1" + r[1:]
+        rows.append(r)
+    if draw(st.integers(0, 5)) == 5:
+        rows[draw(st.integers(0, B - 1))] = "0" * S  # a batch row that is all padding
+    return rows
+
+
+def padding_spec(rows) -> str:
+    """Right padding keeps its readable key_padding(lengths) spec; any other placement is
+    spelled key by key."""
+    lens = [r.count("1") for r in rows]
+    if all(r == "1" * n + "0" * (len(r) - n) for r, n in zip(rows, lens)) and min(lens) > 0:
+        return f"key_padding({lens})"
+    from harness.masks.padding import spans_of
+
+    return f"key_visible({len(rows[0])}, {[spans_of(c == '1' for c in r) for r in rows]})"
+
+
 @st.composite
 def padding_policy(draw, B: int, L: int, S: int):
-    lens = draw(st.lists(st.integers(1, S), min_size=B, max_size=B))
-    return f"key_padding({lens})", L, S
+    return padding_spec(draw(padding_rows(B, S))), L, S
+
+
+@st.composite
+def padded_causal_policy(draw, B: int, L: int, S: int):
+    """Causal with key padding, mostly left padding: the padded query positions at the start
+    see no key at all, the fully masked rows of transformers#47651."""
+    rows = draw(padding_rows(B, S, draw(st.sampled_from(["left", "right", "middle", "scattered"]))))
+    return f"and_masks(causal(), {padding_spec(rows)})", L, S
 
 
 def causal_policy(B: int, L: int, S: int):
@@ -134,6 +227,7 @@ def head_span_policy(draw, B: int, L: int, S: int):
 POLICY_STRATEGIES = {
     "causal": causal_policy,
     "key_padding": padding_policy,
+    "padded_causal": padded_causal_policy,
     "document": document_policy,
     "prefix_lm": prefix_lm_policy,
     "sliding_window": sliding_window_policy,
@@ -156,7 +250,7 @@ def cases(draw, *, policies: Sequence[str] = ("none", "causal", "key_padding", "
           mask_kinds: Sequence[str] = ("bool", "float", "is_causal"),
           L=None, S=None, B=None, heads_=None, E=None, Ev=None,
           scale=None, magnitude=None, alibi=st.just(False), max_heads: int = 4,
-          batch_max: int = 3, seed=None):
+          batch_max: int = 3, seed=None, layout=None):
     """A :class:`Case`. Every argument left as None is drawn; pass a strategy to narrow it.
 
     ``policies`` names which visibility patterns may be drawn ("none" = every key visible);
@@ -165,8 +259,8 @@ def cases(draw, *, policies: Sequence[str] = ("none", "causal", "key_padding", "
     """
     b = draw(B if B is not None else st.integers(1, batch_max))
     H, Hkv = draw(heads_ if heads_ is not None else heads(max_heads))
-    e = draw(E if E is not None else st.sampled_from(HEAD_DIMS))
-    ev = draw(Ev if Ev is not None else st.one_of(st.just(e), st.sampled_from(HEAD_DIMS)))
+    e = draw(E if E is not None else head_dims())
+    ev = draw(Ev if Ev is not None else value_dims(e))
     l = draw(L if L is not None else lengths())
     s = draw(S if S is not None else st.one_of(st.just(l), lengths()))
     pol_name = draw(st.sampled_from(list(policies)))
@@ -189,4 +283,32 @@ def cases(draw, *, policies: Sequence[str] = ("none", "causal", "key_padding", "
         scale=draw(scale if scale is not None else scales()),
         magnitude=draw(magnitude if magnitude is not None else st.just(1.0)),
         seed=draw(seed if seed is not None else st.integers(0, 2**31 - 1)),
+        layout=draw(layout if layout is not None else layouts()),
     )
+
+
+# --- index widths and grid limits ------------------------------------------------------------
+# Lengths either side of 2^15 (int16 positions, xformers#719) and 2^16 (pytorch#162588), and past
+# 65,536; B*H either side of 65,535 (the CUDA grid's y/z limit, pytorch#142228). The other
+# dimensions stay tiny so each case costs a fraction of a second on a CPU.
+WIDE_LENGTHS = (32769, 65537, 32767, 32768, 65535, 65536, 70001)
+GRID_BH = ((256, 256), (65536, 1), (1, 65536), (65537, 1), (1, 65537), (65535, 1), (255, 257), (1, 65535))
+
+
+def index_width_cases() -> st.SearchStrategy[Case]:
+    """One long side (S or L in :data:`WIDE_LENGTHS`) against at most 4 on the other, with no
+    mask, causal, or key padding."""
+    small = dict(B=st.just(1), heads_=heads(2), E=st.sampled_from([8, 16, 3]), Ev=st.just(8),
+                 policies=("none", "causal", "key_padding"))
+    return st.one_of(cases(L=st.integers(1, 4), S=st.sampled_from(WIDE_LENGTHS), **small),
+                     cases(L=st.sampled_from(WIDE_LENGTHS), S=st.integers(1, 4), **small))
+
+
+@st.composite
+def grid_limit_cases(draw) -> Case:
+    """B*H at 65,535, 65,536 and 65,537 (batch, heads or both), L, S <= 3, E <= 4."""
+    B, H = draw(st.sampled_from(GRID_BH))
+    Hkv = draw(st.sampled_from([H, 1]))
+    return draw(cases(B=st.just(B), heads_=st.just((H, Hkv)), L=st.integers(1, 3), S=st.integers(1, 3),
+                      E=st.sampled_from([4, 1]), Ev=st.just(4), policies=("none", "causal"),
+                      mask_kinds=("is_causal", "bool")))

@@ -2,7 +2,10 @@
 
 Catches: missing or ignored scale, mask after softmax, values/weights confused, softmax over the
 wrong axis, GQA heads tiled instead of interleaved, dropout left on, online softmax without
-rescaling, dropped or unmasked tail tiles, truncated long sequences, cached outputs.
+rescaling, dropped or unmasked tail tiles, truncated long sequences, cached outputs; and, since
+every case is drawn with a memory layout (transposed (B, L, H, E) views, slices of larger
+allocations, stride-0 MQA K/V, expanded masks) and head dims up to 256 (512 in the thorough
+profile), kernels that assume contiguity or break at a head dim.
 """
 
 import pytest
@@ -29,8 +32,11 @@ def test_base_case(target):
     probes.judge(target, out, inp)
 
 
-@given(case=hs.cases(policies=("none", "causal", "key_padding", "document", "sliding_window", "head_span"),
+@given(case=hs.cases(policies=("none", "causal", "key_padding", "padded_causal", "document", "sliding_window", "head_span"),
                      alibi=st.booleans()))
+@example(case=Case(B=1, H=2, Hkv=2, L=5, S=7, E=192, Ev=128, policy="causal()", mask="is_causal"))  # MLA head dims
+@example(case=Case(B=2, H=4, Hkv=1, L=6, S=33, E=16, Ev=16, policy="key_padding([33, 9])", mask="bool", mask_shape="B11S",
+                   layout="q=transposed,k=sliced,v=transposed,kv=broadcast,mask=expanded"))
 @example(case=Case(B=2, H=3, Hkv=3, L=5, S=7, E=16, Ev=16, policy="head_span([7, 2, 4])", mask="bool", mask_shape="1H1S"))
 @example(case=Case(B=1, H=2, Hkv=1, L=3, S=9, E=16, Ev=16, policy="head_span([3, 9])", mask="float", mask_shape="1H1S"))
 @example(case=Case(B=2, H=4, Hkv=2, L=7, S=33, E=20, Ev=72, policy="causal()", mask="bool", mask_shape="LS"))
@@ -49,25 +55,29 @@ def test_matches_reference(target, case):
     probes.judge(target, probes.call(target.impl, inp), inp)
 
 
-@given(case=hs.cases(policies=("none", "causal", "key_padding"), S=st.sampled_from(TILE_EDGES),
-                     L=st.sampled_from([1, 2, 17, 33, 65]), max_heads=2, batch_max=2))
+@given(case=hs.cases(policies=("none", "causal", "key_padding"), S=st.sampled_from(TILE_EDGES + [1, 2, 3]),
+                     L=st.sampled_from([1, 2] + TILE_EDGES), max_heads=2, batch_max=2))
 @example(case=Case(B=1, H=1, Hkv=1, L=33, S=33, E=16, Ev=16))
+@example(case=Case(B=1, H=1, Hkv=1, L=129, S=3, E=16, Ev=16, policy="causal()", mask="is_causal"))  # L >> S
+@example(case=Case(B=1, H=2, Hkv=1, L=7, S=65, E=16, Ev=16, policy="key_padding([65])", mask="bool", mask_shape="B11S",
+                   layout="kv=broadcast"))  # stride-0 K/V at kv_len = 1 mod 32 (pytorch#191937)
 @example(case=Case(B=1, H=1, Hkv=1, L=17, S=17, E=16, Ev=16, policy="causal()", mask="is_causal"))
 @example(case=Case(B=1, H=1, Hkv=1, L=65, S=129, E=16, Ev=16, policy="key_padding([129])", mask="bool", mask_shape="B11S"))
 def test_tile_boundaries(target, case):
-    """Sequence lengths one above and one below common tile sizes (16, 32, 64, 128): tail
-    tiles dropped, left unmasked, or read out of bounds."""
+    """Query and key lengths one above and one below common tile sizes (16, 32, 64, 128), L = 1,
+    L > S and L >> S: tail tiles dropped, left unmasked, or read out of bounds."""
     case = target.fit(case)
     inp = case.materialize()
     probes.judge(target, probes.call(target.impl, inp), inp)
 
 
-@given(case=hs.cases(policies=("none", "causal"), S=st.sampled_from([512, 600, 1031]),
+@given(case=hs.cases(policies=("none", "causal"), S=st.sampled_from([512, 600, 1031, 2049, 4099]),
                      L=st.sampled_from([1, 16, 64]), B=st.just(1), max_heads=2, E=st.sampled_from([32, 64]),
                      Ev=st.just(32)))
 @example(case=Case(B=1, H=2, Hkv=1, L=64, S=520, E=64, Ev=64))
 def test_long_sequence(target, case):
-    """Long keys (S >= 512): truncation, index overflow and accumulation drift."""
+    """Long keys (S from 512 into the thousands, where a half-precision running sum drifts):
+    truncation, index overflow and accumulation drift."""
     case = target.fit(case)
     inp = case.materialize()
     probes.judge(target, probes.call(target.impl, inp), inp)

@@ -13,7 +13,7 @@ from harness import strategies as hs
 from harness import activations as real
 from harness.cases import Case
 
-POL = ("none", "causal", "key_padding")
+POL = ("none", "causal", "key_padding", "padded_causal")
 
 
 @given(case=hs.cases(policies=POL, B=st.integers(2, 4)), which=st.integers(0, 3))

@@ -15,7 +15,7 @@ from harness.contract import Implementation
 from harness.reference import attention_naive, attention_weights_reference
 from harness.tolerance import compare
 
-NORM_POLICIES = ("none", "causal", "key_padding", "document", "sliding_window")
+NORM_POLICIES = ("none", "causal", "key_padding", "padded_causal", "document", "sliding_window")
 
 
 @given(case=hs.cases(policies=NORM_POLICIES))

@@ -1,5 +1,7 @@
-"""D. Padding leakage: ragged key-padding lengths per batch element (down to one real token),
-as (B,1,1,S) and as full (B,1,L,S) masks; the seed's exercise 5.
+"""D. Padding leakage: ragged key padding per batch element (down to one real token, or none),
+placed right, left, in the middle or at scattered keys, alone or under a causal mask (left
+padding + causal gives fully masked query rows), as (B,1,1,S) and as full (B,1,L,S) masks; the
+seed's exercise 5.
 
 Catches: ignored padding masks, inverted polarity, masks after softmax, 0/1 boolean masks,
 kernels that normalise over the padded length, unmasked tail tiles, backward ignoring the mask.
@@ -15,6 +17,9 @@ from harness import activations as real
 from harness.cases import Case
 
 PAD = dict(policies=("key_padding",), mask_kinds=("bool", "float"))
+# Padding placed right, left, in the middle or scattered (hs.padding_rows), and causal masks over
+# padded batches, whose leading padded queries see no key at all.
+PAD_CAUSAL = dict(policies=("key_padding", "padded_causal"), mask_kinds=("bool", "float"))
 PERTURB = st.sampled_from(["random", "huge", "adversarial"])
 
 
@@ -22,8 +27,10 @@ def _pad_keys(inp):
     return ~inp.kv_visible().any(dim=2)  # (B, Hkv, S): keys no query may read
 
 
-@given(case=hs.cases(**PAD), how=PERTURB)
+@given(case=hs.cases(**PAD_CAUSAL), how=PERTURB)
 @example(case=Case(B=2, H=1, Hkv=1, L=4, S=5, E=16, Ev=16, policy="key_padding([1, 5])", mask="bool", mask_shape="B11S"), how="adversarial")
+@example(case=Case(B=2, H=2, Hkv=2, L=6, S=6, E=16, Ev=16, policy="and_masks(causal(), key_visible(6, [[[2, 6]], [[0, 6]]]))",
+                   mask="bool", mask_shape="B1LS", layout="q=transposed,k=transposed,v=transposed"), how="adversarial")
 @example(case=Case(B=3, H=2, Hkv=1, L=3, S=6, E=16, Ev=16, policy="key_padding([2, 6, 1])", mask="float", mask_shape="B1LS"), how="huge")
 @example(case=real.case(2), how="adversarial")
 def test_padding_content_invariance(target, case, how):
@@ -39,26 +46,36 @@ def test_padding_content_invariance(target, case, how):
                                  f"{how} change to padded keys/values")
 
 
-@given(case=hs.cases(**PAD), extra=st.integers(1, 40))
-@example(case=Case(B=2, H=1, Hkv=1, L=3, S=4, E=16, Ev=16, policy="key_padding([1, 4])", mask="bool", mask_shape="B11S"), extra=13)
-def test_padding_amount_invariance(target, case, extra):
-    """Real tokens' outputs do not depend on how much padding follows (exercise 5): the same
-    sequences padded to S and to S + extra both match the reference."""
+@given(case=hs.cases(**PAD), extra=st.integers(1, 40), at=st.integers(0, 2**16))
+@example(case=Case(B=2, H=1, Hkv=1, L=3, S=4, E=16, Ev=16, policy="key_padding([1, 4])", mask="bool", mask_shape="B11S"), extra=13, at=0)
+@example(case=Case(B=2, H=1, Hkv=1, L=3, S=6, E=16, Ev=16, policy="key_visible(6, [[[3, 6]], [[1, 6]]])", mask="bool",
+                   mask_shape="B11S"), extra=5, at=6)
+def test_padding_amount_invariance(target, case, extra, at):
+    """Real tokens' outputs do not depend on how much padding there is (exercise 5), wherever it
+    sits: the same real tokens with ``extra`` more padded keys inserted (at the end for ``at``=0,
+    anywhere else otherwise, so left, middle and scattered padding grow too) both match the
+    reference. Key order carries no meaning without a causal mask, so any insertion point holds."""
     target.require_mask()
     case = target.fit(case)
-    longer = case.replace(S=case.S + extra).fit(target.caps, target.dtype, target.device)
+    vis = case.visible()[:, 0, 0]  # (B, S): key padding depends on the batch element only
+    pos = case.S - at % (case.S + 1)
+    keep = [i for i in range(case.S + extra) if not pos <= i < pos + extra]
+    grown = torch.zeros(case.B, case.S + extra, dtype=torch.bool)
+    grown[:, keep] = vis
+    rows = ["".join("1" if x else "0" for x in r) for r in grown.tolist()]
+    longer = case.replace(S=case.S + extra, policy=hs.padding_spec(rows)).fit(target.caps, target.dtype, target.device)
     assume(longer is not None)  # e.g. past the declared max_seq_len
-    for c in (case, longer):
-        inp = c.materialize()
-        if c is longer:  # same real tokens: copy them in, the tail is fresh padding
-            base = case.materialize()
-            k, v = inp.k.clone(), inp.v.clone()
-            k[:, :, :case.S], v[:, :, :case.S] = base.k, base.v
-            inp = inp.replace(q=base.q, k=k, v=v)
-        probes.judge(target, probes.call(target.impl, inp), inp, what=f"output with S={c.S}")
+    base = case.materialize()
+    probes.judge(target, probes.call(target.impl, base), base, what=f"output with S={case.S}")
+    inp = longer.materialize()
+    k, v = inp.k.clone(), inp.v.clone()  # same real tokens at their new positions, fresh padding
+    k[:, :, keep], v[:, :, keep] = base.k, base.v
+    inp = inp.replace(q=base.q, k=k, v=v)
+    probes.judge(target, probes.call(target.impl, inp), inp,
+                 what=f"output with {extra} more padded keys inserted at {pos} (S={longer.S})")
 
 
-@given(case=hs.cases(max_heads=2, batch_max=3, **PAD))
+@given(case=hs.cases(max_heads=2, batch_max=3, **PAD_CAUSAL))
 @example(case=Case(B=2, H=1, Hkv=1, L=3, S=7, E=8, Ev=8, policy="key_padding([1, 6])", mask="bool", mask_shape="B11S"))
 def test_padding_weights_zero(target, case):
     """Weights read off with one-hot values are exactly zero on padded keys."""
@@ -68,7 +85,7 @@ def test_padding_weights_zero(target, case):
     probes.assert_no_forbidden_weight(probes.effective_weights(target.impl, inp), inp, "padded")
 
 
-@given(case=hs.cases(**PAD))
+@given(case=hs.cases(**PAD_CAUSAL))
 @example(case=Case(B=2, H=2, Hkv=1, L=4, S=6, E=16, Ev=16, policy="key_padding([2, 5])", mask="bool", mask_shape="B11S"))
 def test_padding_gradients_zero(target, case):
     """Gradients with respect to padded keys and values are exactly zero."""

@@ -20,7 +20,7 @@ import torch
 
 from harness.masks.core import MaskPolicy, and_masks, not_mask, or_masks, render, full
 from harness.masks.causal import causal
-from harness.masks.padding import key_padding
+from harness.masks.padding import key_padding, key_visible
 from harness.masks.document import document
 from harness.masks.prefix_lm import prefix_lm
 from harness.masks.sliding_window import sliding_window
@@ -33,6 +33,7 @@ POLICIES: dict[str, Callable[..., MaskPolicy]] = {
     "full": full,
     "causal": causal,
     "key_padding": key_padding,
+    "key_visible": key_visible,
     "document": document,
     "prefix_lm": prefix_lm,
     "sliding_window": sliding_window,

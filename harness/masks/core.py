@@ -23,6 +23,7 @@ class MaskPolicy:
     segments: tuple = ()
     depends_on: frozenset = frozenset({"q"})
     length: Optional[int] = None  # the sequence length the policy was built for, if fixed
+    keys: Optional[int] = None  # the key count alone, when only that is fixed (key_visible)
 
     def __call__(self, b, h, q_idx, kv_idx):
         return self.mask_mod(b, h, q_idx, kv_idx)
@@ -55,8 +56,9 @@ def _combine(parts: Sequence[MaskPolicy], op, name) -> MaskPolicy:
     segs = tuple(dict.fromkeys(s for p in parts for s in p.segments))
     deps = frozenset().union(*(p.depends_on for p in parts))
     lengths = {p.length for p in parts if p.length is not None}
+    keys = {p.keys for p in parts if p.keys is not None}
     return MaskPolicy(mod, f"{name}_masks({', '.join(p.spec for p in parts)})", segs, deps,
-                      lengths.pop() if len(lengths) == 1 else None)
+                      lengths.pop() if len(lengths) == 1 else None, keys.pop() if len(keys) == 1 else None)
 
 
 def and_masks(*parts: MaskPolicy) -> MaskPolicy:
@@ -70,7 +72,7 @@ def or_masks(*parts: MaskPolicy) -> MaskPolicy:
 
 
 def not_mask(p: MaskPolicy) -> MaskPolicy:
-    return MaskPolicy(lambda b, h, q, kv: ~p(b, h, q, kv), f"not_mask({p.spec})", p.segments, p.depends_on, p.length)
+    return MaskPolicy(lambda b, h, q, kv: ~p(b, h, q, kv), f"not_mask({p.spec})", p.segments, p.depends_on, p.length, p.keys)
 
 
 def render(policy: MaskPolicy, B: int, H: int, L: int, S: int, device=None) -> torch.Tensor:
