@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -278,6 +279,16 @@ def to_markdown(report: dict) -> str:
     for i in problems:
         lines += [f"**{i['name']}**: {_md_escape(i['problem'])}", ""]
     failures = [(i, r) for i in report["implementations"] for r in i["results"] if r["status"] in ("fail", "error")]
+    groups = root_causes(report)
+    if groups:
+        lines += ["## Likely root causes", "",
+                  "Enforced failures of one implementation that share a symptom: usually one bug. Fix the "
+                  "smallest case first; the per-property entries follow below.", ""]
+        for g in groups:
+            lines.append(f"- **{_md_escape(g['impl'])}**: {len(g['results'])} failing properties share "
+                         f"\"{_md_escape(g['symptom'])}\"; smallest case: {_md_escape(g['smallest'] or '(none)')}. "
+                         + ", ".join(f"{r['suite']}::{r['property']} [{r['dtype']}]" for r in g["results"]))
+        lines.append("")
     if failures:
         lines += ["## Failures", ""]
         for impl, r in failures:
@@ -298,6 +309,46 @@ def to_markdown(report: dict) -> str:
         lines += [f"- {n}: {r['suite']}::{r['property']} [{r['dtype']}]: {_md_escape(r['message'])}" for n, r in unsupported]
         lines.append("")
     return "\n".join(lines)
+
+
+def _symptom(message: str) -> str:
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else "(no message)"
+    low = first.lower()
+    if "nan" in low.split() or "nan " in low or " nan" in low:
+        return "NaN in the output"
+    if "timed out" in low or "did not return" in low or "hung" in low:
+        return "the call hangs"
+    if "crashed" in low or "signal" in low:
+        return "the process crashed"
+    # Same words, other numbers: one symptom.
+    return re.sub(r"[-+]?\d[\d.e+-]*", "#", first)[:120]
+
+
+def root_causes(report: dict) -> list:
+    """Groups of two or more enforced failures of one implementation with the same symptom,
+    largest first, each with the smallest counterexample among them."""
+    strict = (report.get("options") or {}).get("strict")
+    out = []
+    for impl in report["implementations"]:
+        by: dict = {}
+        for r in impl["results"]:
+            if r["status"] in ("fail", "error") and enforced(r["tier"], strict):
+                by.setdefault(_symptom(r.get("message", "")), []).append(r)
+        for symptom, rs in by.items():
+            if len(rs) < 2:
+                continue
+            cases = [r for r in rs if r.get("counterexample")]
+            small = min(cases, key=lambda r: _case_size(r["counterexample"]), default=None)
+            out.append({"impl": impl["name"], "symptom": symptom, "results": rs,
+                        "smallest": small.get("counterexample_text") if small else None})
+    return sorted(out, key=lambda g: -len(g["results"]))
+
+
+def _case_size(c: dict) -> int:
+    try:
+        return int(c.get("B", 1)) * int(c.get("H", 1)) * int(c.get("L", 1)) * int(c.get("S", 1)) * int(c.get("E", 1))
+    except (TypeError, ValueError):
+        return 1 << 62
 
 
 # --- JUnit -----------------------------------------------------------------------------------

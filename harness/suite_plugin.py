@@ -315,8 +315,21 @@ def _message(excinfo) -> str:
         head = str(e).strip() or type(e).__name__
         if not isinstance(e, (AssertionError, ImplementationError)):
             head = f"{type(e).__name__}: {head}"  # an exception from the harness itself
-        lines.append(head)
+        lines.append(_trim(head))
     return "\n".join(lines)
+
+
+MESSAGE_KEEP_LINES = 8
+
+
+def _trim(text: str, keep: int = MESSAGE_KEEP_LINES) -> str:
+    """A compiler error or a long traceback from a kernel belongs in the log (pytest prints it
+    there in full); the report keeps its first and last lines."""
+    lines = text.splitlines()
+    if len(lines) <= 2 * keep:
+        return text
+    return "\n".join(lines[:keep] + [f"... ({len(lines) - 2 * keep} more lines in the implementation's log) ..."]
+                     + lines[-keep:])
 
 
 def _repro(item, hc, spec, dtype, case, extras=None) -> str:

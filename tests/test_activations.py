@@ -38,7 +38,7 @@ def test_planted_padding_leak_is_caught_on_real_activations(tmp_path):
     case = repr(real.case(2))
     r = subprocess.run([sys.executable, "-m", "harness", "check", "--impl", "fixtures/planted.py:padding_mask_ignored",
                         "--suite", "padding", "--property", "test_padding_content_invariance", "--case", case,
-                        "--example", json.dumps({"how": "adversarial"}), "--report-dir", str(tmp_path)],
+                        "--example", json.dumps({"how": "adversarial"}), "--dtype", "float32", "--report-dir", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-2000:]
     [res] = json.loads((tmp_path / "report.json").read_text())["implementations"][0]["results"]

@@ -264,7 +264,7 @@ def test_real_check_throughput_report(tmp_path, capsys):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "ATTN_HARNESS_BENCH_SHAPES": "prefill:1x2x32x16,prefill:1x2x64x16:causal"}
     proc = subprocess.run([sys.executable, "-m", "harness", "check", "--impl", "sdpa", "--suite", "throughput",
-                           "--profile", "quick", "--report-dir", str(tmp_path)], cwd=root, env=env,
+                           "--profile", "quick", "--dtype", "float32", "--report-dir", str(tmp_path)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     base = json.loads((tmp_path / "report.json").read_text())

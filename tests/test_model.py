@@ -34,7 +34,7 @@ def run(*args, timeout=600):
 def passing_report(tmp_path_factory):
     d = tmp_path_factory.mktemp("model-pass")
     r = run("check", "--suite", "model", "--impl", "reference", "--impl", "sdpa", "--impl", "flex",
-            "--profile", "quick", "--report-dir", str(d))
+            "--profile", "quick", "--dtype", "float32", "--report-dir", str(d))
     return r, d
 
 
@@ -137,7 +137,8 @@ def test_ablation_numbers_in_report(passing_report):
 
 
 def test_planted_padding_leak_fails_at_model_level(tmp_path):
-    r = run("check", "--suite", "model", "--impl", PLANTED, "--profile", "quick", "--report-dir", str(tmp_path),
+    r = run("check", "--suite", "model", "--impl", PLANTED, "--profile", "quick", "--dtype", "float32",
+            "--report-dir", str(tmp_path),
             "--property", "test_batch_composition_invariance or test_model_outputs_match_reference")
     assert r.returncode == 1, r.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())

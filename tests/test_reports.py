@@ -440,3 +440,29 @@ def test_ablation_shows_inactive_heads_and_low_end():
     ab["inactive"] = []
     assert "Inactive or redundant heads (impact &lt; 0.1): none." in html_report.render(
         _report([_impl("m", [res])]), None)
+
+
+def test_failures_sharing_a_symptom_lead_as_one_root_cause():
+    def res(prop, msg, L):
+        return {"suite": "x", "property": prop, "tier": "gate", "dtype": "float32", "device": "cpu",
+                "status": "fail", "cases": 1, "message": msg, "repro": "attn-harness check ...", "seed": 1,
+                "duration_s": 0.1, "counterexample": {"B": 1, "H": 1, "L": L, "S": L, "E": 16},
+                "counterexample_text": f"B=1 H=1 L={L}"}
+    rep = R.new_report({"device": "cpu", "dtypes": ["float32"]})
+    rep["implementations"] = [{"name": "k", "spec": "k.py:k", "verdict": "fail", "description": "", "capabilities": {},
+                               "duration_s": 1.0, "results": [res("test_a", "NaN in 3 of 8 rows", 5),
+                                                              res("test_b", "output has NaN where a key is visible", 2),
+                                                              res("test_c", "ratio 3.1x over the bound", 4)]}]
+    [g] = R.root_causes(rep)
+    assert g["symptom"] == "NaN in the output" and len(g["results"]) == 2 and g["smallest"] == "B=1 H=1 L=2"
+    md = R.to_markdown(rep)
+    assert md.index("## Likely root causes") < md.index("## Failures")
+
+
+def test_long_kernel_errors_keep_first_and_last_lines():
+    from harness.suite_plugin import _trim
+
+    text = "\n".join(f"line {i}" for i in range(200))
+    out = _trim(text).splitlines()
+    assert out[0] == "line 0" and out[-1] == "line 199" and len(out) == 17 and "more lines" in out[8]
+    assert _trim("short\nmessage") == "short\nmessage"
