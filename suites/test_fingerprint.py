@@ -26,12 +26,27 @@ def test_fingerprint(target):
         pytest.skip(f"unsupported: every fingerprint entry is unsupported ({', '.join(fp)})")
 
 
+# What a detected behaviour is called in a capabilities declaration, where one exists.
+_DECLARABLE = {
+    "causal_alignment": ("causal", {"top_left", "bottom_right"}),
+    "fully_masked_rows": ("fully_masked_rows", {"zero", "uniform"}),
+    "fully_masked_rows_square": ("fully_masked_rows", {"zero", "uniform"}),
+}
+
+
 def _expect(target, name, probe, got, want):
     target.cases += 1
     target.last_case = F.case_for(probe, target.dtype, target.device, target.caps)
     target.record(detected=got, declared=want)
     if got != want:
-        raise probes.PropertyViolation(f"{name}: detected {got!r}, the declared contract says {want!r}")
+        whose = "the declared contract" if getattr(target.impl, "declared", True) else "the default contract"
+        msg = f"{name}: detected {got!r}, {whose} says {want!r}"
+        field, values = _DECLARABLE.get(probe, (None, ()))
+        if field and isinstance(got, str) and got in values:
+            from harness.contract import declaration_hint
+
+            msg += "; " + declaration_hint(target.impl, **{field: got})
+        raise probes.PropertyViolation(msg)
 
 
 def test_causal_alignment(target):
