@@ -49,7 +49,30 @@ def sweep(tmp_path_factory):
         groups.setdefault((suites, dt), []).append(p["spec"])
     for n, ((suites, dt), specs) in enumerate(sorted(groups.items())):
         by.update(_check(specs, out / f"planted{n}", suites=list(suites), dtypes=dt))
+    # A property whose proof lies outside the suites swept above (the catalog lagging behind a
+    # new property) gets every planted bug run on its suite, so the proof test judges the
+    # property, not the sweep's selection.
+    unproven = _all_properties(by) - _caught(by)
+    if unproven:
+        more = _check([p["spec"] for p in PLANTED.values()], out / "fill",
+                      suites=sorted({u.split("::")[0] for u in unproven}), dtypes="float32")
+        for name, impl in more.items():
+            if name in PLANTED:
+                by[name]["results"] += impl["results"]
     return by
+
+
+def _all_properties(by) -> set:
+    return {f"{r['suite']}::{r['property']}" for i in by.values() for r in i["results"]
+            if r["tier"] in ("gate", "strict") and r["suite"] not in ("harness",)}
+
+
+def _caught(by) -> set:
+    caught = set()
+    for name in PLANTED:
+        if name in by:
+            caught |= set(_failing(by[name], strict_too=True))
+    return caught
 
 
 def _failing(impl, strict_too=False):
@@ -90,9 +113,4 @@ def test_planted_bug_is_caught_by_a_named_property(sweep, name):
 
 def test_every_property_is_proven_by_a_planted_bug(sweep):
     """Each gate or strict property in the suites catches at least one planted bug."""
-    all_props = {f"{r['suite']}::{r['property']}" for i in sweep.values() for r in i["results"]
-                 if r["tier"] in ("gate", "strict") and r["suite"] not in ("harness",)}
-    caught = set()
-    for name in PLANTED:
-        caught |= set(_failing(sweep[name], strict_too=True))
-    assert sorted(all_props - caught) == []
+    assert sorted(_all_properties(sweep) - _caught(sweep)) == []
