@@ -262,6 +262,12 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         if timed_out or rc >= 0 or -rc not in CRASH_SIGNALS or not running.get("nodeid"):
             break  # only a crash is worth resuming after; a timeout or an outside signal ends the run
         skip_ids.append(running["nodeid"])
+    shown, passed = f"--impl {spec} ", f"--impl {absolute_spec(spec)} "
+    if shown != passed:
+        # Repro commands name the spec as the user typed it, for the directory they typed it in.
+        for r in results:
+            if r.get("repro"):
+                r["repro"] = r["repro"].replace(passed, shown)
     problem = "; ".join(dict.fromkeys(problems)) or None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def parse(html: str) -> _Page:
 def real_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("check")
     cmd = [sys.executable, "-m", "harness", "check", "--suite", "fingerprint", "--suite", "diagnostics",
-           "--profile", "quick", "--report-dir", str(d), "--junit", str(d / "junit.xml")]
+           "--profile", "quick", "--dtype", "float32", "--report-dir", str(d), "--junit", str(d / "junit.xml")]
     for spec in IMPLS:
         cmd += ["--impl", spec]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -149,7 +149,8 @@ def test_real_run_junit_and_markdown(real_run):
     assert len(cases) == len(pairs)
     assert {(c.get("classname").rsplit(".", 1)[0], c.get("classname").rsplit(".", 1)[1], c.get("name"))
             for c in cases} == pairs
-    assert len(root.findall(".//failure")) == 2  # missing_scale: default scale and entropy
+    # missing_scale: default scale, explicit scale ignored, and entropy
+    assert len(root.findall(".//failure")) == 3
     md = (d / "report.md").read_text()
     assert "| property" in md and "diagnostics::test_entropy_matches_reference" in md
     header = next(line for line in md.splitlines() if line.startswith("| property"))
