@@ -54,6 +54,7 @@ def test_effective_weights_match_reference(target, case):
 
 
 @given(case=hs.cases(policies=NORM_POLICIES))
+@example(case=Case(B=2, H=2, Hkv=1, L=6, S=9, E=16, Ev=8, policy="key_padding([3, 9])", mask="bool", mask_shape="B11S"))
 def test_convex_hull(target, case):
     """Every output lies within the per-column range of the visible values (a convex combination)."""
     case = target.fit(case)

@@ -48,7 +48,7 @@ def test_list_shows_builtins_and_why_unavailable():
 
 
 def test_check_torch_sdpa_by_module_path_passes_and_writes_reports(tmp_path):
-    r = run("check", "--impl", "torch.nn.functional:scaled_dot_product_attention", "--profile", "quick",
+    r = run("check", "--impl", "torch.nn.functional:scaled_dot_product_attention", "--profile", "quick", "--dtype", "float32",
             "--report-dir", str(tmp_path), "--junit", str(tmp_path / "junit.xml"))
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
@@ -64,7 +64,8 @@ def test_check_torch_sdpa_by_module_path_passes_and_writes_reports(tmp_path):
 
 def test_failing_kernel_exits_1_with_counterexample_and_repro(tmp_path):
     spec = str(ROOT / "fixtures" / "planted.py") + ":missing_scale"
-    r = run("check", "--impl", spec, "--profile", "quick", "--suite", "correctness", "--report-dir", str(tmp_path))
+    r = run("check", "--impl", spec, "--profile", "quick", "--dtype", "float32", "--suite", "correctness",
+            "--report-dir", str(tmp_path))
     assert r.returncode == 1, r.stderr[-2000:]
     rep = json.loads((tmp_path / "report.json").read_text())
     fails = [x for x in rep["implementations"][0]["results"] if x["status"] == "fail"]
@@ -92,7 +93,7 @@ def test_broken_outputs_become_results_and_others_still_land(tmp_path):
         "def wrong_dtype(query, key, value, **kw):\n"
         "    return torch.nn.functional.scaled_dot_product_attention(query, key, value).double()\n")
     specs = [f"{bad}:{n}" for n in ("wrong_shape", "raises", "nan_out", "hangs", "wrong_dtype")] + ["sdpa"]
-    args = ["check", "--profile", "quick", "--suite", "correctness", "--call-timeout", "2", "--report-dir", str(tmp_path / "r")]
+    args = ["check", "--profile", "quick", "--dtype", "float32", "--suite", "correctness", "--call-timeout", "2", "--report-dir", str(tmp_path / "r")]
     for s in specs:
         args += ["--impl", s]
     r = run(*args, timeout=900)

@@ -58,7 +58,7 @@ def test_check_from_an_unrelated_directory(venv, tmp_path):
     """))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     exe = venv / "bin" / "attn-harness"
-    r = subprocess.run([str(exe), "check", "--impl", "./my_attn.py:attn", "--profile", "quick",
+    r = subprocess.run([str(exe), "check", "--impl", "./my_attn.py:attn", "--profile", "quick", "--dtype", "float32",
                         "--suite", "correctness", "--suite", "causal", "--report-dir", "out"],
                        cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -113,7 +113,7 @@ def test_output_baseline_is_not_the_kernel_under_test(tmp_path):
     assert h["ok"] and p["ok"] and h["ratio"] != 1.0
     f = tmp_path / "regressed.py"
     f.write_text(REGRESSED_SDPA)
-    r = run("check", "--suite", "model", "--impl", f"{f}:sdpa_scale_drift", "--profile", "quick",
+    r = run("check", "--suite", "model", "--impl", f"{f}:sdpa_scale_drift", "--profile", "quick", "--dtype", "float32",
             "--property", "test_model_outputs_match_reference", "--report-dir", str(tmp_path / "rep"))
     assert r.returncode == 1, r.stderr[-3000:]
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -231,7 +231,7 @@ def test_fixture_is_small_and_consistent():
 def test_every_model_property_is_proven_by_a_planted_bug(tmp_path):
     """Each gate property of the model suite catches at least one planted bug."""
     bugs = ["padding_mask_ignored", "causal_leaks_next", "mask_after_softmax"]
-    args = ["check", "--suite", "model", "--profile", "quick", "--jobs", "2", "--report-dir", str(tmp_path)]
+    args = ["check", "--suite", "model", "--profile", "quick", "--dtype", "float32", "--jobs", "2", "--report-dir", str(tmp_path)]
     for b in bugs:
         args += ["--impl", f"fixtures/planted.py:{b}"]
     r = run(*args)

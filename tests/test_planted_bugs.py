@@ -1,28 +1,30 @@
-"""The harness tests itself: the default profile on every correct fixture in float32, bfloat16 and
-float16 rejects nothing, and each planted bug is caught by a named property of the suites meant to
-catch it; every gate and strict property catches at least one planted bug. Through `attn-harness
-check`, the same path users take."""
+"""The harness tests itself: every correct fixture passes every gate (the default profile in
+float32, the quick one in bfloat16 and float16), each planted bug is caught by a named property
+of the suites meant to catch it, and every gate and strict property catches at least one planted
+bug. Through `attn-harness check`, the same path users take."""
 
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fixtures.catalog import CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, PLANTED, STRICT_ONLY, SWEEP_EXTRA_SUITES
 
-# The planted-bug sweep runs every fixture in three dtypes (minutes): `python -m pytest -m "not slow"`
-# skips it for a quick local loop; CI runs everything.
+# The planted-bug sweep takes minutes: `python -m pytest -m "not slow"` skips it for a quick local
+# loop; CI runs everything.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPES = "float32,bfloat16,float16"
+HALF = "bfloat16,float16"
+WORKERS = 2  # checks run two at a time, one process each: single-implementation checks keep both cores busy
 
 
-def _check(specs, out, suites=None, dtypes=DTYPES):
-    args = [sys.executable, "-m", "harness", "check", "--profile", "default", "--dtype", dtypes,
-            "--jobs", "2", "--report-dir", str(out), "--strict"]
+def _check(specs, out, suites=None, dtypes="float32", profile="default"):
+    args = [sys.executable, "-m", "harness", "check", "--profile", profile, "--dtype", dtypes,
+            "--report-dir", str(out), "--strict"]
     for s in suites or []:
         args += ["--suite", s]
     for s in specs:
@@ -33,32 +35,46 @@ def _check(specs, out, suites=None, dtypes=DTYPES):
     return {i["spec"].rsplit(":", 1)[1]: i for i in rep["implementations"]}
 
 
+def _merge(by, more):
+    for name, impl in more.items():
+        if name in by:
+            by[name]["results"] += impl["results"]
+            if impl["verdict"] == "fail":
+                by[name]["verdict"] = "fail"
+        else:
+            by[name] = impl
+
+
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
-    """Correct fixtures: every default suite in three dtypes (no false positive anywhere; flex,
-    eager FlexAttention on CPU at about 2 minutes a dtype, in float32). Planted bugs: grouped by
-    the suites meant to catch them plus those they are the proof of (catalog.SWEEP_EXTRA_SUITES),
-    in float32, or in half precision for HALF_ONLY bugs."""
+    """Correct fixtures: every default suite in float32 at the default profile and in bfloat16 and
+    float16 at the quick one (no false positive anywhere; flex, eager FlexAttention on CPU at
+    minutes a dtype, in float32 only). Planted bugs: grouped by the suites meant to catch them plus
+    those they are the proof of (catalog.SWEEP_EXTRA_SUITES), in float32, or in half precision for
+    HALF_ONLY bugs. The checks run two at a time, longest first."""
     out = tmp_path_factory.mktemp("sweep")
-    by = _check([v for k, v in CORRECT.items() if k != "flex"], out / "correct")
-    by.update(_check([CORRECT["flex"]], out / "flex", dtypes="float32"))
+    correct = [v for k, v in CORRECT.items() if k != "flex"]
+    jobs = [dict(specs=[CORRECT["flex"]]),
+            dict(specs=correct[::2]), dict(specs=correct[1::2]),
+            dict(specs=correct[::2], dtypes=HALF, profile="quick"),
+            dict(specs=correct[1::2], dtypes=HALF, profile="quick")]
     groups: dict = {}
     for name, p in PLANTED.items():
         suites = tuple(sorted(set(p["expected_suites"]) | set(SWEEP_EXTRA_SUITES.get(name, []))))
-        dt = "bfloat16,float16" if name in HALF_ONLY else "float32"
-        groups.setdefault((suites, dt), []).append(p["spec"])
-    for n, ((suites, dt), specs) in enumerate(sorted(groups.items())):
-        by.update(_check(specs, out / f"planted{n}", suites=list(suites), dtypes=dt))
+        groups.setdefault((suites, HALF if name in HALF_ONLY else "float32"), []).append(p["spec"])
+    jobs += [dict(specs=specs, suites=list(suites), dtypes=dt) for (suites, dt), specs in sorted(groups.items())]
+    by: dict = {}
+    with ThreadPoolExecutor(max_workers=WORKERS) as ex:
+        for more in ex.map(lambda nj: _check(out=out / f"check{nj[0]:02d}", **nj[1]), enumerate(jobs)):
+            _merge(by, more)
     # A property whose proof lies outside the suites swept above (the catalog lagging behind a
     # new property) gets every planted bug run on its suite, so the proof test judges the
     # property, not the sweep's selection.
     unproven = _all_properties(by) - _caught(by)
     if unproven:
         more = _check([p["spec"] for p in PLANTED.values()], out / "fill",
-                      suites=sorted({u.split("::")[0] for u in unproven}), dtypes="float32")
-        for name, impl in more.items():
-            if name in PLANTED:
-                by[name]["results"] += impl["results"]
+                      suites=sorted({u.split("::")[0] for u in unproven}))
+        _merge(by, {k: v for k, v in more.items() if k in PLANTED})
     return by
 
 
