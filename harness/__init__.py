@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Adapter": "harness.contract", "Capabilities": "harness.contract", "Implementation": "harness.contract",
-    "LoadError": "harness.contract", "capabilities": "harness.contract", "load": "harness.contract",
+    "LoadError": "harness.contract", "capabilities": "harness.contract", "load": "harness.loading",
     "check": "harness.api", "assert_passes": "harness.api", "Report": "harness.api",
 }
 __all__ = [*_LAZY, "__version__"]

@@ -2,7 +2,8 @@
 float16, 0.9 MB; needs only torch). The property suites run on them beside generated inputs:
 real activations have outliers, long-tailed logits and real padding that random tensors lack.
 
-A :class:`harness.cases.Case` with ``activations=layer`` takes its q, k, v from that layer
+A pure data loader: :func:`harness.cases.real_case` builds the cases. A
+:class:`harness.cases.Case` with ``activations=layer`` takes its q, k, v from that layer
 (the first B batch rows, H heads, L queries and S keys); everything else about the case (policy,
 mask kind and shape, dtype, scale) works as for generated cases, so every probe applies.
 """
@@ -41,17 +42,3 @@ def qkv(layer: int, b: int, h: int, l: int, s: int, e: int, ev: int):
     d = _load()
     return (d["q"][layer, :b, :h, :l].float(), d["k"][layer, :b, :h, :s].float(),
             d["v"][layer, :b, :h, :s].float())
-
-
-def case(layer: int, policy: str = "padding", **kw):
-    """A Case on real activations: ``policy="padding"`` is the model's own key padding (bool,
-    (B, 1, 1, S)), as the model ran it; any other policy spec applies that pattern instead."""
-    from harness.cases import Case
-
-    fields = dict(B=B, H=H, Hkv=H, L=S, S=S, E=E, Ev=E, activations=layer)
-    if policy == "padding":
-        fields.update(policy=f"key_padding({padding_lengths()})", mask="bool", mask_shape="B11S")
-    else:
-        fields.update(policy=policy)
-    fields.update(kw)
-    return Case(**fields)

@@ -129,7 +129,8 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
     import pytest
 
     from harness import report as R
-    from harness.contract import LoadError, load
+    from harness.contract import LoadError
+    from harness.loading import load
     from harness.defaults import DEFAULT_SEED
     from harness.runner import available_suites, default_suites, suites_dir, verdict
 

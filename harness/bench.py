@@ -1095,7 +1095,8 @@ def run_bench(impls: list, shapes: list, *, device: str = "cpu", dtype: str = "f
 
 def _cmd_bench(args) -> int:
     from harness import report as R
-    from harness.contract import LoadError, load_all
+    from harness.contract import LoadError
+    from harness.loading import load_all
 
     def usage(msg):
         sys.stderr.write(f"attn-harness bench: error: {msg}\n")

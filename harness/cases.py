@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from harness import activations
 from harness import masks as M
 from harness.reference import attention_naive, attention_reference
 
@@ -170,8 +171,6 @@ class Case:
     def materialize(self) -> "Inputs":
         dt = self.torch_dtype
         if self.activations is not None:
-            from harness import activations
-
             q, k, v = activations.qkv(self.activations, self.B, self.H, self.L, self.S, self.E, self.Ev)
             q = q * self.magnitude  # 1.0: the model's own logits
         else:
@@ -336,3 +335,17 @@ class Inputs:
         B, H, L, S = self.visible.shape
         Hkv = self.case.Hkv
         return self.visible.view(B, Hkv, H // Hkv, L, S).any(dim=2)
+
+
+def real_case(layer: int, policy: str = "padding", **kw) -> Case:
+    """A Case on real activations (:mod:`harness.activations`): ``policy="padding"`` is the
+    model's own key padding (bool, (B, 1, 1, S)), as the model ran it; any other policy spec
+    applies that pattern instead."""
+    A = activations
+    fields = dict(B=A.B, H=A.H, Hkv=A.H, L=A.S, S=A.S, E=A.E, Ev=A.E, activations=layer)
+    if policy == "padding":
+        fields.update(policy=f"key_padding({A.padding_lengths()})", mask="bool", mask_shape="B11S")
+    else:
+        fields.update(policy=policy)
+    fields.update(kw)
+    return Case(**fields)

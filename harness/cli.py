@@ -83,7 +83,8 @@ def cmd_list(args) -> int:
 def cmd_check(args) -> int:
     from harness import report as R
     from harness import report_writer
-    from harness.contract import LoadError, load_all
+    from harness.contract import LoadError
+    from harness.loading import load_all
     from harness.runner import CheckOptions, available_suites, run_one
 
     if not args.impl:

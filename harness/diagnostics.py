@@ -72,7 +72,8 @@ CANONICAL = _canonical()
 
 def _as_impl(impl):
     """An Implementation from an Implementation, a spec string or a plain SDPA-like callable."""
-    from harness.contract import Implementation, _from_object, load
+    from harness.contract import Implementation
+    from harness.loading import _from_object, load
 
     if isinstance(impl, Implementation):
         return impl

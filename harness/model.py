@@ -207,7 +207,8 @@ def load_integration(spec=None) -> Callable:
         return harness_integration
     if callable(spec):
         return spec
-    from harness.contract import LoadError, load as load_spec
+    from harness.contract import LoadError
+    from harness.loading import load as load_spec
 
     if ":" not in str(spec):
         raise LoadError(f"{spec}: an integration is 'harness', path/to/file.py:function or package.module:function")
@@ -221,7 +222,8 @@ def integration_name(spec=None) -> str:
 
 
 def _impl(impl):
-    from harness.contract import Implementation, _from_object, load as load_impl
+    from harness.contract import Implementation
+    from harness.loading import _from_object, load as load_impl
 
     if impl is None:
         impl = "sdpa"

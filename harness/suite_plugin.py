@@ -57,7 +57,8 @@ def configure(config):
     from hypothesis import HealthCheck, Phase, settings
 
     from harness import probes, strategies
-    from harness.contract import LoadError, load
+    from harness.contract import LoadError
+    from harness.loading import load
 
     for tier in TIERS:
         config.addinivalue_line("markers", f"tier_{tier}: property tier")
@@ -222,7 +223,7 @@ def target(request, target_key):
     spec, dtype = target_key
     impl = hc.impls.get(spec)
     if impl is None:
-        from harness.contract import load
+        from harness.loading import load
 
         impl = hc.impls[spec] = load(spec)
     why = impl.capabilities.why_not(device=hc.device, dtype=dtype)

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 
 POL = ("none", "causal", "key_padding", "document")
 
@@ -20,7 +19,7 @@ POL = ("none", "causal", "key_padding", "document")
 @given(case=hs.cases(policies=POL))
 @example(case=Case(B=2, H=4, Hkv=2, L=5, S=7, E=16, Ev=8, policy="key_padding([3, 7])", mask="bool", mask_shape="B11S"))
 @example(case=Case(B=1, H=1, Hkv=1, L=6, S=6, E=16, Ev=16, policy="causal()", mask="is_causal", scale=0.3))
-@example(case=real.case(5))
+@example(case=real_case(5))
 def test_gradients_match_reference(target, case):
     """dq, dk and dv match float64 autograd, each within backward-factor times the same-dtype
     PyTorch gradient error."""

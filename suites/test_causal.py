@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 
 CAUSAL = dict(policies=("causal",), mask_kinds=("is_causal", "bool", "float"))
 PERTURB = st.sampled_from(["random", "huge", "adversarial"])
@@ -32,7 +31,7 @@ def _future(inp, cut: float, caps):
 @example(case=Case(B=1, H=2, Hkv=1, L=3, S=7, E=16, Ev=16, policy="causal()", mask="is_causal"), cut=0.2, how="adversarial")
 @example(case=Case(B=1, H=1, Hkv=1, L=7, S=3, E=16, Ev=16, policy="causal()", mask="float", mask_shape="LS"), cut=0.5, how="huge")
 @example(case=Case(B=1, H=1, Hkv=1, L=6, S=3, E=16, Ev=16, policy="causal()", mask="is_causal"), cut=0.5, how="random")
-@example(case=real.case(2, policy="causal()", mask="is_causal"), cut=0.5, how="random")
+@example(case=real_case(2, policy="causal()", mask="is_causal"), cut=0.5, how="random")
 def test_future_perturbation_invariance(target, case, cut, how):
     """Changing keys and values at future positions leaves every earlier query's output bitwise
     unchanged."""

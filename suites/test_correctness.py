@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 
 TILE_EDGES = [15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
 
@@ -45,8 +44,8 @@ def test_base_case(target):
 @example(case=Case(B=2, H=2, Hkv=2, L=5, S=6, E=16, Ev=16, policy="key_padding([1, 4])", mask="bool", mask_shape="B1LS"))
 @example(case=Case(B=2, H=2, Hkv=1, L=6, S=6, E=8, Ev=8, policy="causal()", mask="bool", mask_shape="BHLS"))
 @example(case=Case(B=1, H=3, Hkv=3, L=4, S=9, E=16, Ev=16, policy="full()", mask="none", scale=0.3))
-@example(case=real.case(0))  # real MiniLM Q/K/V with the model's own padding mask
-@example(case=real.case(5, policy="causal()", mask="is_causal"))
+@example(case=real_case(0))  # real MiniLM Q/K/V with the model's own padding mask
+@example(case=real_case(5, policy="causal()", mask="is_causal"))
 def test_matches_reference(target, case):
     """Outputs match the float64 reference across shapes, scales, GQA/MQA, every mask broadcast
     shape ((L,S), (B,1,1,S), (B,1,L,S), (B,H,L,S), (1,H,1,S), (1,H,L,S)), bool and float masks, L != S both ways and Ev != E."""

@@ -10,15 +10,14 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 
 POL = ("none", "causal", "key_padding", "padded_causal")
 
 
 @given(case=hs.cases(policies=POL, B=st.integers(2, 4)), which=st.integers(0, 3))
 @example(case=Case(B=2, H=1, Hkv=1, L=3, S=3, E=16, Ev=16), which=1)
-@example(case=real.case(1), which=2)
+@example(case=real_case(1), which=2)
 def test_batch_isolation(target, case, which):
     """Perturbing batch element b' (queries, keys, values) never changes any output of b != b'."""
     case = target.fit(case)
@@ -38,7 +37,7 @@ def test_batch_isolation(target, case, which):
 @given(case=hs.cases(policies=POL, heads_=hs.heads(8).filter(lambda hh: hh[0] > 1)), which=st.integers(0, 7))
 @example(case=Case(B=1, H=4, Hkv=2, L=3, S=3, E=16, Ev=16), which=1)
 @example(case=Case(B=1, H=2, Hkv=2, L=3, S=3, E=16, Ev=16), which=0)
-@example(case=real.case(4), which=5)
+@example(case=real_case(4), which=5)
 def test_head_isolation(target, case, which):
     """Perturbing kv head g' changes only the query heads h with h // (H // Hkv) == g';
     perturbing query head h' changes only head h'."""

@@ -9,8 +9,7 @@ from hypothesis import example, given
 
 from harness import probes
 from harness import strategies as hs
-from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 from harness.contract import Implementation
 from harness.reference import attention_naive, attention_weights_reference
 from harness.tolerance import compare
@@ -32,7 +31,7 @@ def test_ones_values_give_ones(target, case):
 
 @given(case=hs.cases(policies=NORM_POLICIES, max_heads=2, batch_max=2))
 @example(case=Case(B=1, H=2, Hkv=2, L=5, S=5, E=8, Ev=8, policy="causal()", mask="is_causal"))
-@example(case=real.case(3))
+@example(case=real_case(3))
 def test_effective_weights_match_reference(target, case):
     """Weights read off with one-hot values are non-negative and match the reference softmax
     row by row (V = identity, Ev columns per call)."""

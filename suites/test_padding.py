@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 
 PAD = dict(policies=("key_padding",), mask_kinds=("bool", "float"))
 # Padding placed right, left, in the middle or scattered (hs.padding_rows), and causal masks over
@@ -32,7 +31,7 @@ def _pad_keys(inp):
 @example(case=Case(B=2, H=2, Hkv=2, L=6, S=6, E=16, Ev=16, policy="and_masks(causal(), key_visible(6, [[[2, 6]], [[0, 6]]]))",
                    mask="bool", mask_shape="B1LS", layout="q=transposed,k=transposed,v=transposed"), how="adversarial")
 @example(case=Case(B=3, H=2, Hkv=1, L=3, S=6, E=16, Ev=16, policy="key_padding([2, 6, 1])", mask="float", mask_shape="B1LS"), how="huge")
-@example(case=real.case(2), how="adversarial")
+@example(case=real_case(2), how="adversarial")
 def test_padding_content_invariance(target, case, how):
     """Real tokens' outputs do not depend on what the padding contains (bitwise)."""
     target.require_mask()

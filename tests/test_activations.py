@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from harness import activations as real
-from harness.cases import Case
+from harness.cases import Case, real_case
 from harness.contract import Capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_real_case_materializes_the_captured_tensors_and_mask():
-    c = real.case(3)
+    c = real_case(3)
     inp = c.materialize()
     d = torch.load(real.path(), weights_only=True)
     assert torch.equal(inp.q, d["q"][3].float()) and torch.equal(inp.v, d["v"][3].float())
@@ -26,7 +26,7 @@ def test_real_case_materializes_the_captured_tensors_and_mask():
 
 
 def test_fit_never_reshapes_real_activations():
-    c = real.case(0)
+    c = real_case(0)
     assert c.fit(Capabilities(), "bfloat16", "cpu").activations == 0
     assert c.fit(Capabilities(head_dims=(64, 128)), "float32", "cpu") is None  # E=32 is what was captured
     assert c.fit(Capabilities(gqa=False), "float32", "cpu") is not None  # no GQA in MiniLM: unaffected
@@ -35,7 +35,7 @@ def test_fit_never_reshapes_real_activations():
 
 
 def test_planted_padding_leak_is_caught_on_real_activations(tmp_path):
-    case = repr(real.case(2))
+    case = repr(real_case(2))
     r = subprocess.run([sys.executable, "-m", "harness", "check", "--impl", "fixtures/planted.py:padding_mask_ignored",
                         "--suite", "padding", "--property", "test_padding_content_invariance", "--case", case,
                         "--example", json.dumps({"how": "adversarial"}), "--dtype", "float32", "--report-dir", str(tmp_path)],

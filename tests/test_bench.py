@@ -20,7 +20,7 @@ import torch
 from harness import bench
 from harness.bench import Shape
 from harness.cli import main
-from harness.contract import load
+from harness.loading import load
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "prefill:1x2x64x16"

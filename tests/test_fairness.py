@@ -15,7 +15,8 @@ import torch
 from harness import fingerprint as F
 from harness import probes
 from harness.cases import Case
-from harness.contract import Capabilities, Implementation, load
+from harness.contract import Capabilities, Implementation
+from harness.loading import load
 from harness.tolerance import baselines, compare
 
 ROOT = Path(__file__).resolve().parents[1]

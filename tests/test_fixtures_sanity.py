@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from harness.contract import load
+from harness.loading import load
 
 from fixtures import catalog
 

@@ -15,7 +15,7 @@ import torch
 
 from fixtures import catalog
 from harness import integrity as I
-from harness.contract import load
+from harness.loading import load
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "fixtures/integrity.py"

@@ -12,7 +12,8 @@ from harness import masks as M
 from harness import probes
 from harness import strategies as hs
 from harness.cases import Case, apply_layout, parse_layout
-from harness.contract import Capabilities, Implementation, capabilities, declaration_hint, load
+from harness.contract import Capabilities, Implementation, capabilities, declaration_hint
+from harness.loading import load
 from fixtures import planted_regions as P
 
 CAPS = Capabilities()
@@ -123,7 +124,7 @@ def test_plain_callable_failure_names_the_declaration():
                                               scale=scale, enable_gqa=enable_gqa).detach()
 
     decorated = capabilities(autograd=True)(lambda *a, **kw: plain(*a, **kw))
-    from harness.contract import _from_object
+    from harness.loading import _from_object
 
     impl = _from_object(plain, "x.py:plain", "plain")
     assert not impl.declared and _from_object(decorated, "x.py:d", "d").declared and load("sdpa").declared

@@ -3,7 +3,7 @@
 import torch
 
 from harness.cases import Case
-from harness.contract import load
+from harness.loading import load
 from harness.tolerance import compare
 
 

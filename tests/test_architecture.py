@@ -1,0 +1,93 @@
+"""The package's imports run one way: no cycle in harness/, counting imports inside functions.
+
+A cycle hidden by a function-level import works until someone moves that import to the top of a
+module; then the package fails to import. The graph is read with ``ast``, nothing is imported."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "harness"
+
+
+def _modules() -> dict:
+    mods = {}
+    for p in PKG.rglob("*.py"):
+        parts = ("harness",) + p.relative_to(PKG).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = p
+    return mods
+
+
+def _resolve(name: str, mods: dict) -> str:
+    while name and name not in mods:
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+    return name
+
+
+def import_graph() -> dict:
+    """module -> the harness modules it imports, anywhere in its body."""
+    mods = _modules()
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        package = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                r = _resolve(t, mods)
+                # The package root only re-exports lazily (PEP 562); importing it is not an edge.
+                if r and r != m and r != "harness":
+                    graph[m].add(r)
+    return graph
+
+
+def cycles(graph: dict) -> list:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph()
+    assert "harness.loading" in graph and "harness.contract" in graph["harness.loading"]
+    found = cycles(graph)
+    assert found == [], "import cycles: " + "; ".join(
+        " <-> ".join(f"{a} (imports {sorted(graph[a] & set(c))})" for a in c) for c in found)
+
+
+def test_the_cycle_finder_sees_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
