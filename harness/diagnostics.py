@@ -279,13 +279,31 @@ def diagnose(impl, dtype: str = "float32", device: str = "cpu", threshold: float
 
 # --- pictures --------------------------------------------------------------------------------
 
+# Legible in report.html without zooming: figures are drawn about 13 in wide and shown at page
+# width, so text below ~11 pt ends up a few pixels tall.
+_RC = {"font.size": 11, "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10}
+
+
+class _Figures:
+    """``subplots``/``close`` on bare :class:`matplotlib.figure.Figure` objects: no pyplot, so no
+    global backend switch in a notebook or GUI session that renders a report."""
+
+    @staticmethod
+    def subplots(nrows=1, ncols=1, figsize=None, squeeze=True, **kw):
+        import matplotlib
+        from matplotlib.figure import Figure
+
+        with matplotlib.rc_context(_RC):
+            fig = Figure(figsize=figsize)
+            return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kw)
+
+    @staticmethod
+    def close(fig):
+        fig.clear()
+
+
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _Figures
 
 
 def _arr(grid):
@@ -295,13 +313,11 @@ def _arr(grid):
 
 
 def _save(fig, path, title=None):
-    import matplotlib.pyplot as plt
-
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=72)
-    plt.close(fig)
+    fig.savefig(path, format="png", dpi=80)
+    _Figures.close(fig)
     return path
 
 
@@ -311,6 +327,7 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
     ``maps`` as returned by :func:`attention_maps` (or stored in a report). Returns ``path``."""
     import numpy as np
     from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
 
     plt = _plt()
     maps = [m for m in maps if m.get("mask") is not None] or maps
@@ -321,7 +338,7 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
         if m.get("mask") is None:
             for ax in ax_row:
                 ax.axis("off")
-            ax_row[0].text(0, 0.5, f"{m.get('title', '')}: unsupported ({m.get('unsupported')})", fontsize=8)
+            ax_row[0].text(0, 0.5, f"{m.get('title', '')}: unsupported ({m.get('unsupported')})", fontsize=11)
             continue
         mask = _arr(m["mask"])
         ref = _arr(m["reference"]) if m.get("reference") is not None else np.full(mask.shape, np.nan)
@@ -329,30 +346,34 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
         imp = _arr(m["implementation"]) if has_impl else np.full(mask.shape, np.nan)
         diff = imp - ref
         vmax = np.nanmax(np.abs(diff)) if has_impl and np.isfinite(diff).any() else 1.0
+        identical = has_impl and float(vmax) <= 1e-12  # a colour bar would only show rounding noise
         vmax = max(float(vmax), 1e-12)
         panels = [("visible keys (white)", mask, dict(cmap="gray", vmin=0, vmax=1)),
                   ("reference (float64)", ref, dict(cmap="viridis", vmin=0, vmax=1)),
                   ("implementation" if has_impl else "implementation: unsupported", imp,
                    dict(cmap="viridis", vmin=0, vmax=1)),
-                  (f"difference (max |diff| {_diff_text(m, vmax)})" if has_impl else "difference", diff,
+                  ("difference: identical within 1e-12" if identical else
+                   f"difference (max |diff| {_diff_text(m, vmax)})" if has_impl else "difference", diff,
                    dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax))]
         for c, (name, data, kw) in enumerate(panels):
             ax = ax_row[c]
             im = ax.imshow(data, interpolation="nearest", **kw)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("key", fontsize=8)
+            ax.set_title(name, fontsize=12)
+            ax.set_xlabel("key", fontsize=11)
             if c == 0:
                 t = m.get("title", "") + (f" [{m['which']}]" if m.get("which") else "")
-                ax.set_ylabel(("\n".join(_wrap(t, 38)) + "\nquery"), fontsize=7)
-            ax.tick_params(labelsize=6)
-            if c > 0:
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+                ax.set_ylabel(("\n".join(_wrap(t, 38)) + "\nquery"), fontsize=10)
+            ax.tick_params(labelsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # token positions, never 2.5
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if c > 0 and not (c == 3 and identical):
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=10)
             if c >= 2 and has_impl:
                 bad = (mask == 0) & ((imp != 0) | np.isnan(imp))
                 for (i, j) in zip(*np.nonzero(bad)):
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
         if has_impl and m.get("leaked"):
-            ax_row[2].set_title(f"implementation: {m['leaked']} leaked cells", fontsize=9, color="red")
+            ax_row[2].set_title(f"implementation: {m['leaked']} leaked cells", fontsize=12, color="red")
     return _save(fig, path, title)
 
 
@@ -396,14 +417,14 @@ def plot_entropy(stats: dict, path, title: Optional[str] = None):
                    label=f"{key} (mean {mean:.3f})" if mean is not None else key)
         ax.axvspan(0, COLLAPSE_BELOW, color="red", alpha=0.1)
         ax.axvspan(DIFFUSE_ABOVE, 1, color="orange", alpha=0.1)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=10)
         flags = overall.get("flags") or []
         ax.set_title(("FLAG: " + flags[0][:70]) if flags else "normalised row entropy (all canonical inputs)",
-                     fontsize=8, color="red" if flags else "black")
+                     fontsize=11, color="red" if flags else "black")
     else:
         ax.text(0.5, 0.5, "no entropy data", ha="center")
-    ax.set_xlabel("entropy / log(#visible keys)", fontsize=8)
-    ax.set_ylabel("fraction of rows", fontsize=8)
+    ax.set_xlabel("entropy / log(#visible keys)", fontsize=11)
+    ax.set_ylabel("fraction of rows", fontsize=11)
     ax = axes[1]
     keys = list(per_case)
     if keys:
@@ -414,10 +435,10 @@ def plot_entropy(stats: dict, path, title: Optional[str] = None):
         ax.bar(x + 0.2, ii, 0.4, color=["tab:red" if per_case[k].get("flags") else "tab:blue" for k in keys],
                label="implementation")
         ax.set_xticks(x)
-        ax.set_xticklabels(keys, fontsize=8)
+        ax.set_xticklabels(keys, fontsize=11)
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7)
-        ax.set_title("mean normalised entropy per input (red: flagged)", fontsize=8)
+        ax.legend(fontsize=10)
+        ax.set_title("mean normalised entropy per input (red: flagged)", fontsize=11)
     else:
         ax.axis("off")
     return _save(fig, path, title)

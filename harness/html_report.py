@@ -15,12 +15,16 @@ import hashlib
 import html
 import io
 import json
+from collections import Counter
 from typing import Callable, Optional
 
 from harness import report as R
 
 STATUS_COLOURS = {"pass": "#c8ecc9", "fail": "#f6b3b3", "error": "#e88a8a", "unsupported": "#e4e4e4",
-                  "skip": "#f1f1f1", "none": "#ffffff", "info-fail": "#fbe3b0"}
+                  "skip": "#f1f1f1", "none": "#ffffff",
+                  # a failure of a tier this run does not enforce (strict without --strict, info):
+                  # amber, so it never reads like a gate failure beside a PASS verdict
+                  "reported": "#fbe3b0"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;max-width:1400px;
@@ -35,6 +39,9 @@ pre{background:#f7f7f7;border:1px solid #ddd;padding:.5em;overflow-x:auto;white-
 img{max-width:100%;border:1px solid #ddd}
 .caveat{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em;font-size:.9em}
 .flag{color:#b00000;font-weight:600}
+.amber{color:#8a5a00;font-weight:600}
+details{margin:.6em 0;border-left:3px solid #ddd;padding-left:.6em}
+summary{cursor:pointer}
 .muted{color:#666;font-size:.9em}
 .legend span{display:inline-block;padding:0 .5em;margin-right:.3em;border:1px solid #bbb}
 """
@@ -133,30 +140,41 @@ def _header(report: dict) -> str:
             + (f"<pre>{esc(cmd)}</pre>" if cmd else "") + (f"<p>{verdicts}</p>" if verdicts else ""))
 
 
-def _cell_status(results: list) -> str:
+def _cell_status(results: list, strict=False) -> str:
     if not results:
         return "none"
-    worst = min(results, key=lambda r: R.STATUS_ORDER.get(r.get("status"), 9))
+    worst = min(results, key=lambda r: (R.STATUS_ORDER.get(r.get("status"), 9)
+                                        if r.get("status") not in ("fail", "error") or R.enforced(r.get("tier", "gate"), strict)
+                                        else 50))  # non-enforced failures rank below every other status
     st = worst.get("status", "none")
-    if st in ("fail", "error") and worst.get("tier", "gate") == "info":
-        return "info-fail"
+    if st in ("fail", "error") and not R.enforced(worst.get("tier", "gate"), strict):
+        return "reported"
     return st if st in STATUS_COLOURS else "none"
+
+
+def _anchor(impl_index: int, r: dict) -> str:
+    return "fail-" + "-".join(str(x) for x in (impl_index, r.get("suite"), r.get("property"), r.get("dtype")))
 
 
 def _matrix(report: dict) -> str:
     impls = _impls(report)
     if not impls:
         return "<p>No implementations in this report.</p>"
+    strict = (report.get("options") or {}).get("strict")
     headers, rows = R.matrix_rows(report)
     out_rows = []
     for row, (key, tier) in zip(rows, R.property_keys(report)):
         suite, prop = key
         cells = [esc(row[0]), esc(row[1])]
-        for impl, text in zip(impls, row[2:]):
+        for n, (impl, text) in enumerate(zip(impls, row[2:])):
             rs = [r for r in _results(impl) if r.get("suite") == suite and r.get("property") == prop]
-            st = _cell_status(rs)
+            st = _cell_status(rs, strict)
             title = "; ".join(f"{r.get('dtype')}: {r.get('status')}" for r in rs)
-            cells.append((f"<span title=\"{esc(title)}\">{esc(text)}</span>", f"background:{STATUS_COLOURS[st]}"))
+            failed = [r for r in rs if r.get("status") in ("fail", "error")]
+            body = f"<span title=\"{esc(title)}\">{esc(text)}</span>"
+            if failed:  # the cell links to its (first) failure below
+                body = f"<a href=\"#{esc(_anchor(n, failed[0]))}\">{body}</a>"
+            cells.append((body, f"background:{STATUS_COLOURS[st]}"))
         out_rows.append(cells)
     verdict = ["<b>verdict</b>", ""]
     for impl in impls:
@@ -191,11 +209,12 @@ def _fingerprints(report: dict) -> str:
     keys = list(dict.fromkeys(k for _, f in fps for k in f))
     rows = []
     for k in keys:
-        vals = [f.get(k) for _, f in fps]
-        differ = len({json.dumps(v, default=str) for v in vals}) > 1
-        rows.append([esc(k)] + [(esc(v), "background:#fff3c4" if differ else "") for v in vals])
+        vals = [json.dumps(f.get(k), default=str) for _, f in fps]
+        common = Counter(vals).most_common(1)[0][0]
+        rows.append([esc(k)] + [(esc(f.get(k)), "background:#fff3c4" if v != common else "")
+                                for v, (_, f) in zip(vals, fps)])
     return table(["probe"] + [esc(n) for n, _ in fps], rows, raw=True) + \
-        "<p class=\"muted\">Highlighted: implementations disagree.</p>"
+        "<p class=\"muted\">Highlighted: a value that differs from the one most implementations give.</p>"
 
 
 def _failures(report: dict) -> str:
@@ -204,28 +223,32 @@ def _failures(report: dict) -> str:
     for impl in _impls(report):
         if impl.get("problem"):
             out.append(f"<p class=\"flag\">{esc(impl.get('name'))}: {esc(impl.get('problem'))}</p>")
-    for impl in _impls(report):
-        for r in _results(impl):
-            if r.get("status") not in ("fail", "error"):
-                continue
-            tier = r.get("tier", "gate")
-            is_enforced = R.enforced(tier, o.get("strict"))
-            out.append(f"<h3>{esc(impl.get('name'))} · {esc(r.get('suite'))}::{esc(r.get('property'))} · "
-                       f"{esc(r.get('dtype'))} · <span class=\"flag\">{esc(r.get('status'))}</span>"
-                       f"{'' if is_enforced else ' (' + esc(tier) + ', not enforced)'}</h3>")
-            if r.get("doc"):
-                out.append(f"<p><i>{esc(r['doc'])}</i></p>")
-            out.append(f"<pre>{esc(str(r.get('message') or '').strip())}</pre>")
-            if r.get("counterexample_text") or r.get("counterexample"):
-                out.append("<p>Smallest counterexample: " + esc(r.get("counterexample_text") or "") + "</p>")
-                if isinstance(r.get("counterexample"), dict):
-                    out.append("<pre>" + esc(json.dumps(r["counterexample"], default=str)) + "</pre>")
-            w = r.get("worst") if isinstance(r.get("worst"), dict) else {}
-            nums = {k: v for k, v in w.items() if k in ("ratio", "factor", "where", "error", "baseline_error", "case")}
-            if nums:
-                out.append(table(list(nums), [[_fmt(v) for v in nums.values()]]))
-            if r.get("repro"):
-                out.append(f"<p>Reproduce:</p><pre>{esc(r['repro'])}</pre>")
+    items = [(n, impl, r) for n, impl in enumerate(_impls(report)) for r in _results(impl)
+             if r.get("status") in ("fail", "error")]
+    # Gate (enforced) failures first: they decide the verdict; reported-only ones follow.
+    items.sort(key=lambda x: not R.enforced(x[2].get("tier", "gate"), o.get("strict")))
+    for n, impl, r in items:
+        tier = r.get("tier", "gate")
+        is_enforced = R.enforced(tier, o.get("strict"))
+        cls = "flag" if is_enforced else "amber"
+        out.append(f"<details id=\"{esc(_anchor(n, r))}\"{' open' if is_enforced else ''}><summary><b>"
+                   f"{esc(impl.get('name'))} · {esc(r.get('suite'))}::{esc(r.get('property'))} · "
+                   f"{esc(r.get('dtype'))}</b> · <span class=\"{cls}\">{esc(r.get('status'))}</span>"
+                   f"{'' if is_enforced else ' (' + esc(tier) + ', not enforced)'}</summary>")
+        if r.get("doc"):
+            out.append(f"<p><i>{esc(r['doc'])}</i></p>")
+        message = str(r.get("message") or "").strip()
+        out.append(f"<pre>{esc(message)}</pre>")
+        cx = r.get("counterexample_text")
+        if cx and cx not in message:  # once: most messages already name it
+            out.append("<p>Smallest counterexample: " + esc(cx) + "</p>")
+        w = r.get("worst") if isinstance(r.get("worst"), dict) else {}
+        nums = {k: v for k, v in w.items() if k in ("ratio", "factor", "where", "error", "baseline_error", "case")}
+        if nums:
+            out.append(table(list(nums), [[_fmt(v) for v in nums.values()]]))
+        if r.get("repro"):
+            out.append(f"<p>Reproduce:</p><pre>{esc(r['repro'])}</pre>")
+        out.append("</details>")
     return "\n".join(out)
 
 
@@ -466,10 +489,10 @@ def _plot_ablation(ab: dict, f):
         im = ax.imshow(a, cmap=cmap, interpolation="nearest", aspect="auto")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=12)
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(f, format="png", dpi=72)
+    fig.savefig(f, format="png", dpi=80)
     plt.close(fig)
 
 
@@ -498,13 +521,14 @@ def _integrity(report: dict) -> str:
     rows, traces = R.integrity_rows(report)
     if not rows:
         return ""
+    strict = (report.get("options") or {}).get("strict")
     impls = _impls(report)
     out_rows = []
     for row in rows:
         cells = [esc(row[0]), esc(row[1])]
         for impl, text in zip(impls, row[2:]):
             rs = [r for r in _results(impl) if r.get("suite") == "integrity" and r.get("property") == row[0]]
-            cells.append((esc(text), f"background:{STATUS_COLOURS[_cell_status(rs)]}"))
+            cells.append((esc(text), f"background:{STATUS_COLOURS[_cell_status(rs, strict)]}"))
         out_rows.append(cells)
     out = table(["property", "checks"] + [esc(i.get("name")) for i in impls], out_rows, raw=True)
     for name, dtype, t in traces:
@@ -532,9 +556,17 @@ def _environment(report: dict) -> str:
     impls = _impls(report)
     if impls:
         out += "<h3>Implementations</h3>" + table(
-            ["name", "spec", "description", "verdict", "duration (s)", "capabilities"],
-            [[i.get("name"), i.get("spec"), i.get("description"), i.get("verdict"), _fmt(i.get("duration_s")),
-              _fmt(i.get("capabilities"))] for i in impls])
+            ["name", "spec", "description", "verdict", "duration (s)"],
+            [[i.get("name"), i.get("spec"), i.get("description"), i.get("verdict"), _fmt(i.get("duration_s"))]
+             for i in impls])
+        caps = [i.get("capabilities") if isinstance(i.get("capabilities"), dict) else {} for i in impls]
+        keys = list(dict.fromkeys(k for c in caps for k in c))
+        if keys:
+            def show(v):
+                return ", ".join(map(str, v)) if isinstance(v, list) else ("any" if v is None else _fmt(v))
+
+            out += "<h3>Declared capabilities</h3>" + table(
+                ["capability"] + [str(i.get("name")) for i in impls], [[k] + [show(c.get(k)) for c in caps] for k in keys])
     return out
 
 

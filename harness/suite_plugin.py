@@ -419,7 +419,11 @@ def _jsonable(d: dict) -> dict:
 
 
 def _doc(item) -> str:
-    return (item.function.__doc__ or "").strip().split("\n")[0]
+    """The docstring's first paragraph on one line: a first physical line ends mid-sentence."""
+    import inspect
+
+    para = (inspect.cleandoc(item.function.__doc__ or "")).split("\n\n")[0]
+    return " ".join(para.split())
 
 
 def _unsupported_cases() -> list:
