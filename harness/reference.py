@@ -129,17 +129,26 @@ def attention_weights_reference(query, key, attn_mask=None, is_causal=False, sca
 
 
 def attention_naive(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                    enable_gqa=False, *, causal_alignment="top_left"):
+                    enable_gqa=False, *, causal_alignment="top_left", scale_at="q"):
     """The plain same-dtype PyTorch computation (the FlashAttention rule's baseline): every
     operation in the inputs' own dtype, masks before softmax, fully masked rows zeroed. Also the
-    direct formula the chunked reference is tested against (call it with float64 tensors)."""
+    direct formula the chunked reference is tested against (call it with float64 tensors).
+    ``scale_at`` (``q``, ``k`` or ``scores``) is where the scale multiplies: kernels legitimately
+    differ there, and each order rounds differently in half precision."""
     dt = query.dtype
     B, H, L, E = query.shape
     S = key.shape[-2]
     k = _gqa_expand(key, H, enable_gqa)
     v = _gqa_expand(value, H, enable_gqa)
     sc = (1.0 / math.sqrt(E)) if scale is None else float(scale)
-    logits = torch.matmul(query * sc, k.transpose(-1, -2))
+    if scale_at == "q":
+        logits = torch.matmul(query * sc, k.transpose(-1, -2))
+    elif scale_at == "k":
+        logits = torch.matmul(query, (k * sc).transpose(-1, -2))
+    elif scale_at == "scores":
+        logits = torch.matmul(query, k.transpose(-1, -2)) * sc
+    else:
+        raise ValueError(f"scale_at must be q, k or scores, not {scale_at!r}")
     mask = _expand_mask(attn_mask, B, H, L, S)
     if is_causal:
         mask = causal_bool(L, S, causal_alignment, device=query.device).expand(B, H, L, S)

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from harness.reference import attention_naive
+
 FORWARD_FACTOR = 2.0
 BACKWARD_FACTOR = 3.0
 # Units in the last place (of the dtype, at the row's value magnitude) that any kernel may be
@@ -142,32 +144,8 @@ def same_dtype_attention(query, key, value, attn_mask=None, is_causal=False, sca
                          enable_gqa=False, *, causal_alignment="top_left", scale_at="q"):
     """The plain same-dtype computation (:func:`harness.reference.attention_naive`) with the
     scale applied at ``scale_at``: ``q``, ``k`` or ``scores``."""
-    import math
-
-    from harness.reference import _expand_mask, _gqa_expand, attention_naive, causal_bool
-
-    if scale_at == "q":
-        return attention_naive(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                               enable_gqa=enable_gqa, causal_alignment=causal_alignment)
-    dt = query.dtype
-    B, H, L, E = query.shape
-    S = key.shape[-2]
-    k = _gqa_expand(key, H, enable_gqa)
-    v = _gqa_expand(value, H, enable_gqa)
-    sc = (1.0 / math.sqrt(E)) if scale is None else float(scale)
-    if scale_at == "k":
-        logits = torch.matmul(query, (k * sc).transpose(-1, -2))
-    elif scale_at == "scores":
-        logits = torch.matmul(query, k.transpose(-1, -2)) * sc
-    else:
-        raise ValueError(f"scale_at must be q, k or scores, not {scale_at!r}")
-    mask = _expand_mask(attn_mask, B, H, L, S)
-    if is_causal:
-        mask = causal_bool(L, S, causal_alignment, device=query.device).expand(B, H, L, S)
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.to(dt)
-    w = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # fully masked rows: zero
-    return torch.matmul(w, v).to(dt)
+    return attention_naive(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                           enable_gqa=enable_gqa, causal_alignment=causal_alignment, scale_at=scale_at)
 
 
 def baselines(inp, orders=BASELINE_ORDERS) -> list:

@@ -102,11 +102,11 @@ def test_policy_gradients_zero(target, case, which):
 
 @given(case=hs.cases(policies=("chat_roles",), mask_kinds=("bool", "float")), how=st.sampled_from(["random", "adversarial"]))
 @example(case=Case(B=1, H=1, Hkv=1, L=23, S=23, E=16, Ev=16, policy=CHAT, mask="bool", mask_shape="LS"), how="adversarial")
-def test_exercise10_delimiters_obey_policy(target, case, how):
-    """The seed's exercise 10, a mask test for prompt-boundary safety: the protected system
-    segment never reaches untrusted tool/retrieved tokens (nor the delimiters that open them), and
-    every delimiter token, as a key and as a query, obeys the same policy: none reads ahead, none
-    carries the system prompt into untrusted rows."""
+def test_delimiters_obey_policy(target, case, how):
+    """Prompt-boundary safety: the protected system segment never reaches untrusted
+    tool/retrieved tokens (nor the delimiters that open them), and every delimiter token, as a key
+    and as a query, obeys the same policy: none reads ahead, none carries the system prompt into
+    untrusted rows; the seed's exercise 10."""
     target.require_mask()
     case = target.fit(case)
     inp = case.materialize()

@@ -48,9 +48,9 @@ def test_future_perturbation_invariance(target, case, cut, how):
 @example(case=Case(B=1, H=1, Hkv=1, L=5, S=5, E=16, Ev=16, policy="causal()", mask="is_causal"))
 @example(case=Case(B=1, H=1, Hkv=1, L=3, S=6, E=16, Ev=16, policy="causal()", mask="is_causal"))
 @example(case=Case(B=1, H=1, Hkv=1, L=6, S=3, E=16, Ev=16, policy="causal()", mask="is_causal"))
-def test_exercise2_future_weights_zero(target, case):
-    """The seed's exercise 2: apply a causal mask and verify future weights are exactly zero
-    (weights read off with one-hot values)."""
+def test_future_weights_zero(target, case):
+    """Under a causal mask every future weight is exactly zero (weights read off with one-hot
+    values); the seed's exercise 2."""
     case = target.fit(case)
     inp = case.materialize()
     probes.assert_no_forbidden_weight(probes.effective_weights(target.impl, inp), inp, "future", target.caps)

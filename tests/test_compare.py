@@ -330,3 +330,14 @@ def test_ratio_growth_follows_tiers(base, strict):
         assert cmp["regressed"] == regress, (tier, strict)
         assert len(cmp["ratio_growth"]) == int(regress)
         assert len(cmp["ratio_growth_not_enforced"]) == int(not regress)
+
+
+def test_a_report_from_before_the_property_renames_still_compares():
+    from harness import compare as C
+
+    def rep(prop):
+        return {"implementations": [{"name": "k", "results": [
+            {"suite": "causal", "property": prop, "dtype": "float32", "status": "pass", "worst": {"ratio": 1.0}}]}]}
+
+    old, new = C._index(rep("test_exercise2_future_weights_zero")), C._index(rep("test_future_weights_zero"))
+    assert set(old) == set(new) == {("k", "causal::test_future_weights_zero", "float32")}

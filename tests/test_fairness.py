@@ -166,13 +166,13 @@ def test_probes_judge_rows_without_a_visible_key_by_the_declaration():
 
 def test_bottom_right_uniform_control_passes_the_properties_that_reported_leaks(tmp_path):
     """The exact float64 control with the issue's declarations, replayed at L=6, S=3 through the
-    CLI: causal::test_exercise2_future_weights_zero, causal::test_future_perturbation_invariance,
+    CLI: causal::test_future_weights_zero, causal::test_future_perturbation_invariance,
     causal::test_future_gradients_zero and backward::test_masked_gradients_zero pass (they
     reported leaks on the rows with no visible key before)."""
     case = repr(Case(B=1, H=2, Hkv=1, L=6, S=3, E=16, Ev=16, policy="causal()", mask="is_causal"))
     res, r = _check(tmp_path, f"{TP}:bottom_right_uniform_float64", "--dtype", "float32", "--suite", "causal",
                     "--suite", "backward", "--case", case, "--example", json.dumps({"cut": 0.4, "how": "random", "row": 4}))
-    for prop in ("test_exercise2_future_weights_zero", "test_future_perturbation_invariance",
+    for prop in ("test_future_weights_zero", "test_future_perturbation_invariance",
                  "test_future_gradients_zero"):
         assert res[("causal", prop, "float32")]["status"] == "pass", res[("causal", prop, "float32")]["message"]
     assert res[("backward", "test_masked_gradients_zero", "float32")]["status"] == "pass", r.stdout[-2000:]
