@@ -312,10 +312,13 @@ def _arr(grid):
     return np.array([[float("nan") if x is None else float(x) for x in row] for row in grid], dtype=float)
 
 
-def _save(fig, path, title=None):
+def _save(fig, path, title=None, adjust=None):
     if title:
         fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
+    if adjust:  # a fixed layout: tight_layout draws the whole figure once more just to measure it
+        fig.subplots_adjust(**adjust)
+    else:
+        fig.tight_layout()
     fig.savefig(path, format="png", dpi=80)
     _Figures.close(fig)
     return path
@@ -366,7 +369,8 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
             ax.tick_params(labelsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # token positions, never 2.5
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            if c > 0 and not (c == 3 and identical):
+            # one colour bar for the two weight panels (both 0..1), one for the difference
+            if c == 2 or (c == 3 and not identical):
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=10)
             if c >= 2 and has_impl:
                 bad = (mask == 0) & ((imp != 0) | np.isnan(imp))
@@ -374,7 +378,10 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
         if has_impl and m.get("leaked"):
             ax_row[2].set_title(f"implementation: {m['leaked']} leaked cells", fontsize=12, color="red")
-    return _save(fig, path, title)
+    n_rows = max(1, len(maps))
+    inches = 3.2 * n_rows + (0.5 if title else 0)
+    return _save(fig, path, title, adjust=dict(left=0.14, right=0.96, wspace=0.35, hspace=0.45,
+                                               bottom=0.6 / inches, top=1 - (0.9 if title else 0.4) / inches))
 
 
 def _diff_text(m: dict, vmax: float) -> str:

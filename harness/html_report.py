@@ -327,17 +327,44 @@ def _per_head_table(ent: dict) -> str:
             f"{esc(FLAG_MEAN_DELTA)})</p>" + table(["input"] + [f"head {h}" for h in range(nh)], rows, raw=True))
 
 
+def _notable(d: dict, maps: list) -> bool:
+    ent = d.get("entropy") if isinstance(d.get("entropy"), dict) else {}
+    overall = ent.get("overall") if isinstance(ent.get("overall"), dict) else ent
+    flagged = bool(overall.get("flags")) if isinstance(overall, dict) else False
+
+    # half-precision weights round at ~4e-3 (bfloat16): only a difference beyond that is news
+    limit = 1e-3 if str(d.get("dtype")) in ("float32", "float64") else 3e-2
+
+    def differs(m):
+        try:
+            return float(m.get("max_abs_diff") or 0) > limit
+        except (TypeError, ValueError):
+            return True
+    return flagged or any(m.get("leaked_total") or m.get("unsupported") or differs(m) for m in maps)
+
+
 def _diagnostics(report: dict) -> str:
     from harness import diagnostics as D
 
     out = []
     caveat = None
     for impl in _impls(report):
+        drawn = False
         for r, d in _diagnostics_entries(impl):
             caveat = d.get("caveat") or caveat
             name = impl.get("name")
             out.append(f"<h3>{esc(name)} · {esc(d.get('dtype') or r.get('dtype'))}</h3>")
             maps = [m for m in (d.get("maps") or []) if isinstance(m, dict)]
+            # Pictures cost about a second each to draw: one dtype's for an implementation whose
+            # maps and entropy agree with the reference, every dtype's where something is off.
+            if drawn and not _notable(d, maps):
+                out.append("<p class=\"muted\">Maps and entropy agree with the reference as in the dtype "
+                           "drawn above; not drawn again.</p>")
+                ent = d.get("entropy")
+                if isinstance(ent, dict) and (ent.get("overall") or ent.get("per_case")):
+                    out.append(_entropy_table(ent) + _per_head_table(ent))
+                continue
+            drawn = True
             leaks = [m for m in maps if m.get("leaked_total")]
             if leaks:
                 out.append("<p class=\"flag\">Forbidden cells with weight (outlined in red): " + ", ".join(

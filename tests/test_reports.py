@@ -467,3 +467,19 @@ def test_long_kernel_errors_keep_first_and_last_lines():
     out = _trim(text).splitlines()
     assert out[0] == "line 0" and out[-1] == "line 199" and len(out) == 17 and "more lines" in out[8]
     assert _trim("short\nmessage") == "short\nmessage"
+
+
+def test_pictures_leave_the_matplotlib_backend_alone():
+    """A notebook or GUI session that renders a report keeps its backend: no pyplot, no use()."""
+    code = ("import io, sys, matplotlib\n"
+            "before = matplotlib.get_backend()\n"
+            "from harness import diagnostics as D\n"
+            "stats = {'implementation': {'hist': [0.5, 0.5] + [0.0] * 18, 'mean': 0.5},\n"
+            "         'reference': {'hist': [0.5, 0.5] + [0.0] * 18, 'mean': 0.5}, 'flags': []}\n"
+            "buf = io.BytesIO(); D.plot_entropy(stats, buf)\n"
+            "assert buf.getvalue()[:4] == b'\\x89PNG'\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+            "assert matplotlib.get_backend() == before\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "MPLBACKEND": "svg"})
+    assert r.returncode == 0, r.stderr[-2000:]
