@@ -16,6 +16,7 @@ from typing import Optional
 import pytest
 
 from harness.defaults import DEFAULT_SEED, HOST_DTYPES, PROFILES, SUITE_PLUGIN_NAME
+from harness.target import Target
 from harness.tiers import TIERS, enforced
 
 
@@ -154,68 +155,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("target_key", params, ids=[f"{s}-{d}" for s, d in params], scope="function")
 
 
-# --- the object every property receives ------------------------------------------------------
-
-class Target:
-    """The implementation under test in one dtype on one device, as seen by a property."""
-
-    def __init__(self, impl, dtype: str, device: str, replay: Optional[str], item,
-                 forward_factor: float = 2.0, backward_factor: float = 3.0):
-        self.impl = impl
-        self.forward_factor = forward_factor
-        self.backward_factor = backward_factor
-        self.dtype = dtype
-        self.device = device
-        self.caps = impl.capabilities
-        self._replay = replay
-        self.cases = 0
-        self.last_case = None
-        self.last_extras: dict = {}
-        self.worst: dict = {}
-        self.forbid_ops: list = []  # aten op patterns the integrity suite must not see (--forbid-ops)
-        self.replay_example: Optional[dict] = None  # with --case: the counterexample's other arguments
-
-    @property
-    def name(self) -> str:
-        return self.impl.name
-
-    def require(self, **needs):
-        """Skip as ``unsupported`` when the declared capabilities exclude what the property needs."""
-        why = self.caps.why_not(**needs)
-        if why:
-            pytest.skip(f"unsupported: {why}")
-
-    def require_mask(self):
-        """Skip as unsupported unless the implementation takes a dense bool or float mask."""
-        if not ({"bool", "float"} & set(self.caps.mask_kinds)):
-            pytest.skip("unsupported: needs dense boolean or float masks")
-
-    def fit(self, case):
-        """The drawn case moved inside this implementation's capabilities (or the case given
-        with ``--case``); cases that cannot be expressed here are rejected."""
-        from hypothesis import assume
-        from harness.cases import Case
-
-        if self._replay:
-            case = eval(self._replay, {"Case": Case})  # noqa: S307 - the user's own repro string
-        fitted = case.fit(self.caps, self.dtype, self.device)
-        assume(fitted is not None)
-        self.cases += 1
-        self.last_case = fitted
-        return fitted
-
-    def record(self, comparison=None, **numbers):
-        """Keep the worst comparison seen across the examples, for the report."""
-        if comparison is not None:
-            d = comparison.to_dict()
-            r = d["ratio"] if isinstance(d["ratio"], float) else float("inf")
-            cur = self.worst.get("ratio", -1.0)
-            cur = cur if isinstance(cur, float) else float("inf")
-            if r >= cur:
-                self.worst = {**d, **numbers, "case": self.last_case.short() if self.last_case else None}
-        elif numbers:
-            self.worst = {**self.worst, **numbers}
-
+# --- the object every property receives: harness.target.Target -------------------------------
 
 @pytest.fixture
 def target(request, target_key):
