@@ -341,10 +341,10 @@ def real_case(layer: int, policy: str = "padding", **kw) -> Case:
     """A Case on real activations (:mod:`harness.activations`): ``policy="padding"`` is the
     model's own key padding (bool, (B, 1, 1, S)), as the model ran it; any other policy spec
     applies that pattern instead."""
-    A = activations
-    fields = dict(B=A.B, H=A.H, Hkv=A.H, L=A.S, S=A.S, E=A.E, Ev=A.E, activations=layer)
+    a = activations
+    fields = dict(B=a.B, H=a.H, Hkv=a.H, L=a.S, S=a.S, E=a.E, Ev=a.E, activations=layer)
     if policy == "padding":
-        fields.update(policy=f"key_padding({A.padding_lengths()})", mask="bool", mask_shape="B11S")
+        fields.update(policy=f"key_padding({a.padding_lengths()})", mask="bool", mask_shape="B11S")
     else:
         fields.update(policy=policy)
     fields.update(kw)

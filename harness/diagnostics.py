@@ -302,10 +302,6 @@ class _Figures:
         fig.clear()
 
 
-def _plt():
-    return _Figures
-
-
 def _arr(grid):
     import numpy as np
 
@@ -332,7 +328,7 @@ def plot_maps(maps: list, path, title: Optional[str] = None):
     from matplotlib.patches import Rectangle
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = _Figures
     maps = [m for m in maps if m.get("mask") is not None] or maps
     n = max(1, len(maps))
     fig, axes = plt.subplots(n, 4, figsize=(13, 3.2 * n + (0.5 if title else 0)), squeeze=False)
@@ -404,7 +400,7 @@ def plot_entropy(stats: dict, path, title: Optional[str] = None):
     a single :func:`compare_entropy` result. Returns ``path``."""
     import numpy as np
 
-    plt = _plt()
+    plt = _Figures
     if "implementation" in stats:
         per_case, overall = {}, stats
     else:

@@ -141,14 +141,18 @@ def _header(report: dict) -> str:
 
 
 def _cell_status(results: list, strict=False) -> str:
+    """The colour key of a matrix cell: its worst status over the dtypes, where a failure of a
+    tier this run does not enforce ranks below every other status and shows as ``reported``."""
     if not results:
         return "none"
-    worst = min(results, key=lambda r: (R.STATUS_ORDER.get(r.get("status"), 9)
-                                        if r.get("status") not in ("fail", "error") or R.enforced(r.get("tier", "gate"), strict)
-                                        else 50))  # non-enforced failures rank below every other status
-    st = worst.get("status", "none")
-    if st in ("fail", "error") and not R.enforced(worst.get("tier", "gate"), strict):
+
+    def reported(r):
+        return r.get("status") in ("fail", "error") and not R.enforced(r.get("tier", "gate"), strict)
+
+    worst = min(results, key=lambda r: 50 if reported(r) else R.STATUS_ORDER.get(r.get("status"), 9))
+    if reported(worst):
         return "reported"
+    st = worst.get("status", "none")
     return st if st in STATUS_COLOURS else "none"
 
 
@@ -502,25 +506,22 @@ def _matrix_of(rows):
 
 def _plot_ablation(ab: dict, f):
     """Layers x heads heatmaps: impact of ablating each head, and its attention entropy if given."""
-    from harness.diagnostics import _plt
+    from harness.diagnostics import _Figures, _save
 
-    plt = _plt()
     panels = [("impact of ablating the head", _matrix_of(ab["impact"]), "magma")]
     ent = _matrix_of(ab.get("entropy"))
     if ent is not None:
         panels.append(("attention entropy", ent, "viridis"))
     a0 = panels[0][1]
-    fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(min(14, len(panels) * (1.8 + 0.45 * a0.shape[1])), min(10, 1.6 + 0.4 * a0.shape[0])))
+    fig, axes = _Figures.subplots(1, len(panels), squeeze=False,
+                                  figsize=(min(14, len(panels) * (1.8 + 0.45 * a0.shape[1])), min(10, 1.6 + 0.4 * a0.shape[0])))
     for ax, (title, a, cmap) in zip(axes[0], panels):
         im = ax.imshow(a, cmap=cmap, interpolation="nearest", aspect="auto")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(title, fontsize=12)
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(f, format="png", dpi=80)
-    plt.close(fig)
+    _save(fig, f)
 
 
 def _throughput(report: dict) -> str:

@@ -77,6 +77,11 @@ UNSUPPORTED_CASES: list = _UnsupportedLog()
 _hung: set = set()
 
 
+def has_hung(impl: Implementation) -> bool:
+    """Whether a call to ``impl`` in this process ran past its timeout (later calls are refused)."""
+    return impl.name in _hung
+
+
 @contextmanager
 def _deadline(seconds: float, name: str):
     # SIGALRM interrupts Python-level hangs in the main thread; a kernel stuck inside C is caught

@@ -176,7 +176,7 @@ def target(request, target_key):
             pytest.skip("skip: --device cuda but CUDA is not available on this machine")
     from harness import probes
 
-    if impl.name in probes._hung:
+    if probes.has_hung(impl):
         # Every later call would be refused at once, yet hypothesis would still draw and shrink
         # cases around the refusals: end the property here, with the reason.
         pytest.fail(f"{impl.name} hung on an earlier call (over the --call-timeout); not calling it again",
