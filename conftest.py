@@ -10,5 +10,5 @@ collect_ignore = ["suites", "fixtures", "reports", "build", "docs"]
 import os
 
 # Every report the self-tests write (in this process or in the CLI subprocesses they start) is
-# validated against the shipped JSON Schema (harness/report.schema.json) as it is written.
+# validated against the shipped JSON Schema (harness/report/report.schema.json) as it is written.
 os.environ.setdefault("ATTN_HARNESS_VALIDATE_REPORTS", "1")

@@ -34,7 +34,7 @@ _counter = itertools.count(1)
 class Report:
     """The outcome of :func:`check`: a verdict, per-property results and the failures with their
     counterexample and repro command. ``data`` is the report.json structure
-    (:mod:`harness.report_model`)."""
+    (:mod:`harness.report.model`)."""
 
     def __init__(self, data: dict):
         self.data = data
@@ -90,7 +90,7 @@ class Report:
         return to_markdown(self.data)
 
     def to_html(self, path: Union[str, os.PathLike]) -> Path:
-        from harness import html_report
+        from harness.report import html as html_report
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ class Report:
         return path
 
     def _repr_html_(self) -> str:
-        from harness import html_report
+        from harness.report import html as html_report
         from harness.report import matrix_rows
 
         headers, rows = matrix_rows(self.data)
@@ -193,7 +193,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         "fingerprint": next((r["worst"].get("fingerprint") for r in results
                              if r["property"] == "test_fingerprint" and r.get("worst")), None)}]
     if os.environ.get("ATTN_HARNESS_VALIDATE_REPORTS"):
-        from harness.report_model import validate
+        from harness.report.model import validate
 
         validate(json.loads(json.dumps(data, default=str)))
     return Report(data)

@@ -32,7 +32,7 @@ import functools
 import math
 import os
 from contextlib import contextmanager
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -622,78 +622,3 @@ def format_ablation(res: dict, top: int = 12) -> str:
     ina = ", ".join(f"L{d['layer']}h{d['head']}" for d in res["inactive"]) or "none"
     lines += [f"inactive/redundant (impact < {res['threshold']:g}): {ina}", f"caveat: {res['caveat']}"]
     return "\n".join(lines)
-
-
-# --- CLI: attn-harness ablate ----------------------------------------------------------------
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("ablate", help="all-MiniLM-L6-v2 head ablation and attention entropy "
-                                             "with an implementation as the model's attention (needs the [model] extra)")
-    p.add_argument("--impl", default="reference", metavar="SPEC", help="implementation (default: reference)")
-    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    p.add_argument("--top", type=int, default=12, help="rows of the ranking to print")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
-    p.set_defaults(func=_cmd_ablate)
-
-    p = subparsers.add_parser("integration", help="batch-composition check of all-MiniLM-L6-v2 with a kernel wired in "
-                                                  "by your own integration code (needs the [model] extra)")
-    p.add_argument("--integration", default="harness", metavar="SPEC",
-                   help="integration(model, kernel) that wires the kernel into the transformers model: "
-                        "path/to/file.py:fn or package.module:fn (default: harness, the correct wiring)")
-    p.add_argument("--impl", default="sdpa", metavar="SPEC", help="kernel to wire in (default: sdpa)")
-    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.set_defaults(func=_cmd_integration)
-
-
-def _cmd_ablate(args) -> int:
-    import json
-    import sys
-
-    from harness.contract import LoadError
-
-    why = unavailable()
-    if why:
-        sys.stderr.write(f"attn-harness: error: {why}\n")
-        return 2
-    try:
-        impl = _impl(args.impl)
-    except LoadError as e:
-        sys.stderr.write(f"attn-harness: error: {e}\n")
-        return 2
-    res = ablation(impl, args.dtype)
-    print(format_ablation(res, args.top))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0
-
-
-def _cmd_integration(args) -> int:
-    """Exit 0: the embedding of the probe sentence does not depend on its batch; 1: it does (the
-    diagnosis is printed); 2: usage or loading error."""
-    import sys
-
-    from harness.contract import LoadError
-    from harness.probes import PropertyViolation
-
-    why = unavailable()
-    if why:
-        sys.stderr.write(f"attn-harness: error: {why}\n")
-        return 2
-    try:
-        impl, integration = _impl(args.impl), load_integration(args.integration)
-    except LoadError as e:
-        sys.stderr.write(f"attn-harness: error: {e}\n")
-        return 2
-    name = integration_name(args.integration)
-    try:
-        res = batch_composition_check(impl, args.dtype, integration=integration, device=args.device)
-    except PropertyViolation as e:
-        print(f"FAIL batch composition through {name} ({impl.name}, {args.dtype}): {e}")
-        return 1
-    print(f"pass: batch composition through {name} ({impl.name}, {args.dtype}): largest movement "
-          f"{res['max_movement']:.3g} (limit {res['limit']:g})")
-    for v in res["variants"]:
-        print(f"  {v['moved']:.3g}  {v['what']}")
-    return 0

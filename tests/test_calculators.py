@@ -15,9 +15,9 @@ from harness.calculators import (
     get_device,
     get_model,
     kv_cache_bytes,
-    register,
     roofline,
 )
+from harness.cli.cost import register
 
 # --------------------------------------------------------------------------------------
 # dtypes

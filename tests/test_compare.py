@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import compare as C
+from harness.report import compare as C
 from harness import report as R
 
 
@@ -47,7 +47,9 @@ def _res(rep, impl, prop, dtype="float32"):
 
 def _parser():
     p = argparse.ArgumentParser()
-    C.register(p.add_subparsers(dest="command"))
+    from harness.cli.compare import register
+
+    register(p.add_subparsers(dest="command"))
     return p
 
 
@@ -333,7 +335,7 @@ def test_ratio_growth_follows_tiers(base, strict):
 
 
 def test_a_report_from_before_the_property_renames_still_compares():
-    from harness import compare as C
+    from harness.report import compare as C
 
     def rep(prop):
         return {"implementations": [{"name": "k", "results": [

@@ -1,4 +1,4 @@
-"""The report's shape is defined once (harness/report_model.py); the shipped JSON Schema, the
+"""The report's shape is defined once (harness/report/model.py); the shipped JSON Schema, the
 README's field list and every written report agree with it."""
 
 import json
@@ -13,13 +13,13 @@ import jsonschema
 import pytest
 
 from harness import report as R
-from harness.report_model import json_schema, schema_fields_markdown, shipped_schema, validate
+from harness.report.model import json_schema, schema_fields_markdown, shipped_schema, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_schema_is_generated_from_the_classes():
-    assert shipped_schema() == json_schema(), "run `python -m harness.report_model` to regenerate the schema"
+    assert shipped_schema() == json_schema(), "run `python -m harness.report.model` to regenerate the schema"
     jsonschema.Draft202012Validator.check_schema(shipped_schema())
 
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from harness import diagnostics as D
-from harness import html_report
+from harness.report import html as html_report
 from harness import report as R
-from harness import report_writer
+from harness.report import writer as report_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ["sdpa", "reference", "fixtures/planted.py:missing_scale"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from harness import html_report
+from harness.report import html as html_report
 from harness.report import atomic_write, matrix_rows, to_junit, to_markdown
 
 
@@ -21,7 +21,7 @@ def write_all(report: dict, report_dir, junit: Optional[str] = None) -> dict:
     text = json.dumps(report, indent=1, default=str)
     if os.environ.get("ATTN_HARNESS_VALIDATE_REPORTS"):
         # Set by the harness's own tests: every report they write must match the shipped schema.
-        from harness.report_model import validate
+        from harness.report.model import validate
 
         validate(json.loads(text))
     atomic_write(paths["json"], text)

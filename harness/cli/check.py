@@ -1,10 +1,9 @@
-"""``attn-harness``: a thin command line over the same code path as the pytest suites."""
+"""``attn-harness check`` and ``attn-harness list``: run the property suites through the runner and
+write the report; list what can be checked here."""
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import importlib
 import os
 import sys
 import threading
@@ -12,9 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.defaults import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
-# Modules that add their own subcommands through register(subparsers).
-SUBCOMMAND_MODULES = ("harness.calculators", "harness.compare", "harness.bench", "harness.model")
+from harness.cli.usage import usage_error
+from harness.defaults import EXIT_FAIL, EXIT_OK
 
 
 class Progress:
@@ -62,11 +60,6 @@ class Progress:
         self.s.flush()
 
 
-def _usage_error(msg: str) -> int:
-    sys.stderr.write(f"attn-harness: error: {msg}\n")
-    return EXIT_USAGE
-
-
 def cmd_list(args) -> int:
     from tabulate import tabulate
 
@@ -82,22 +75,22 @@ def cmd_list(args) -> int:
 
 def cmd_check(args) -> int:
     from harness import report as R
-    from harness import report_writer
+    from harness.report import writer as report_writer
     from harness.contract import LoadError
     from harness.loading import load_all
     from harness.runner import CheckOptions, available_suites, run_one
 
     if not args.impl:
-        return _usage_error("give at least one --impl SPEC (see `attn-harness list`)")
+        return usage_error("give at least one --impl SPEC (see `attn-harness list`)")
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     from harness.contract import ALL_DTYPES
 
     for d in dtypes or []:
         if d not in ALL_DTYPES:
-            return _usage_error(f"unknown dtype {d!r} (known: {', '.join(ALL_DTYPES)})")
+            return usage_error(f"unknown dtype {d!r} (known: {', '.join(ALL_DTYPES)})")
     for s in args.suite or []:
         if s not in available_suites():
-            return _usage_error(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
+            return usage_error(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
     from harness.runner import property_names
 
     known = property_names(args.suite)
@@ -108,19 +101,19 @@ def cmd_check(args) -> int:
         if any(w in ("and", "or", "not") for w in words):
             continue
         if not any(prop in k for k in known):
-            return _usage_error(f"unknown property {prop!r} in suites {', '.join(args.suite or ['(default)'])} "
+            return usage_error(f"unknown property {prop!r} in suites {', '.join(args.suite or ['(default)'])} "
                                 f"(known: {', '.join(sorted(set(known)))})")
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            return _usage_error("--device cuda, but CUDA is not available on this machine")
+            return usage_error("--device cuda, but CUDA is not available on this machine")
     try:
         impls = load_all(args.impl)
     except LoadError as e:
         if args.traceback:
             raise
-        return _usage_error(str(e))
+        return usage_error(str(e))
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
                         suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,
@@ -207,15 +200,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from harness import __version__
-
-    p = argparse.ArgumentParser(prog="attn-harness", description=(
-        "Correctness and leakage test harness for attention implementations. Exit status: 0 every gate "
-        "property passed; 1 a gate property failed or errored; 2 usage or loading error."))
-    p.add_argument("--version", action="version", version=f"attention-harness {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(sub) -> None:
     c = sub.add_parser("check", help="run the property suites against implementations and write a report")
     c.add_argument("--impl", action="append", default=[], metavar="SPEC",
                    help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
@@ -254,29 +239,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     l = sub.add_parser("list", help="built-in implementations (and whether they run here) and suites")
     l.set_defaults(func=cmd_list)
-
-    for modname in SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:
-                continue
-            raise
-        mod.register(sub)
-    return p
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: usage errors exit 2 already
-        return int(e.code or 0)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

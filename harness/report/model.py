@@ -1,10 +1,10 @@
 """The report's structure, defined once: typed classes for ``report.json``, the JSON Schema
-generated from them (shipped as ``harness/report.schema.json``), and the ``Report`` object that
+generated from them (shipped as ``harness/report/report.schema.json``), and the ``Report`` object that
 :func:`harness.check` returns.
 
 ``compare`` and ``merge`` read reports written by other versions, so the shape is versioned
 (``schema_version``) and every report the tests write is validated against the shipped schema.
-A field added here must be added to the schema file too: ``python -m harness.report_model``
+A field added here must be added to the schema file too: ``python -m harness.report.model``
 rewrites it, and a test fails while the two differ.
 """
 

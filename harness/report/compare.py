@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
-import sys
-from pathlib import Path
 from typing import Optional
 
-from harness import report as R
+from harness.report import results as R
 from harness.tiers import enforced
 
 EXIT_OK, EXIT_REGRESSED, EXIT_UNREADABLE = 0, 1, 2
@@ -287,7 +284,7 @@ def to_markdown(cmp: dict) -> str:
 
 
 def to_html(cmp: dict) -> str:
-    from harness import html_report as H
+    from harness.report import html as H
 
     n = sum(len(cmp[k]) for k in REGRESSIONS)
     body = [f"<h1>attention-harness compare</h1><p>{H.esc(cmp['base'])} → {H.esc(cmp['new'])}</p>",
@@ -354,76 +351,3 @@ def merge_reports(reports: list, names: Optional[list] = None) -> dict:
     if throughput:
         merged["throughput"] = throughput
     return merged
-
-
-# --- command line ----------------------------------------------------------------------------
-
-def _load(path: str):
-    rep = R.load(path)
-    if not isinstance(rep.get("implementations"), list):
-        raise ValueError(f"{path}: no implementations list")
-    return rep
-
-
-def _err(msg: str) -> int:
-    sys.stderr.write(f"attn-harness: error: {msg}\n")
-    return EXIT_UNREADABLE
-
-
-def cmd_compare(args) -> int:
-    reps = []
-    for p in (args.base, args.new):
-        try:
-            reps.append(_load(p))
-        except (OSError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
-            return _err(f"cannot read report {p}: {e}")
-    cmp = compare_reports(reps[0], reps[1], args.ratio_threshold, args.slowdown, args.base, args.new)
-    text = to_html(cmp) if args.format == "html" else to_markdown(cmp)
-    if args.output:
-        R.atomic_write(args.output, text)
-        sys.stderr.write(f"wrote {args.output}\n")
-    else:
-        print(text)
-    return EXIT_REGRESSED if cmp["regressed"] else EXIT_OK
-
-
-def cmd_merge(args) -> int:
-    pairs = []
-    names = [os.path.basename(p) for p in args.reports]
-    for p, nm in zip(args.reports, names):
-        try:
-            pairs.append((p if names.count(nm) > 1 else nm, _load(p)))
-        except (OSError, ValueError, AttributeError) as e:
-            return _err(f"cannot read report {p}: {e}")
-    merged = merge_reports(pairs)
-    out = Path(args.output_dir or Path("reports") / ("merged-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
-    from harness import report_writer
-
-    paths = report_writer.write_all(merged, out)
-    for k, p in paths.items():
-        sys.stderr.write(f"wrote {p}\n")
-    print(paths["md"])
-    return EXIT_OK
-
-
-def register(subparsers) -> None:
-    c = subparsers.add_parser("compare", help="what changed between two report.json files (exit 1 on regressions)",
-                              description="Newly failing properties, error-ratio growth, fingerprint changes and "
-                                          "throughput slowdowns from BASE to NEW. Exit 0: no regression; 1: "
-                                          "regressions; 2: unreadable file or wrong schema.")
-    c.add_argument("base", metavar="BASE.json")
-    c.add_argument("new", metavar="NEW.json")
-    c.add_argument("--ratio-threshold", type=float, default=1.5,
-                   help="flag error ratios that grew beyond this factor (and past 0.5) (default 1.5)")
-    c.add_argument("--slowdown", type=float, default=0.05,
-                   help="flag throughput entries whose median time grew by more than this fraction (default 0.05)")
-    c.add_argument("--format", choices=("md", "html"), default="md")
-    c.add_argument("--output", default=None, metavar="FILE", help="write the comparison here")
-    c.set_defaults(func=cmd_compare)
-
-    m = subparsers.add_parser("merge", help="one comparison from reports made on several machines",
-                              description="Columns '<impl> @ <gpu or device> torch <version>'; writes report.json, "
-                                          "report.md and report.html into --output-dir and prints the md path.")
-    m.add_argument("reports", nargs="+", metavar="REPORT.json")
-    m.add_argument("--output-dir", default=None, metavar="DIR", help="default reports/merged-<timestamp>/")
-    m.set_defaults(func=cmd_merge)

@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from typing import Callable, Optional
 
-from harness import report as R
+from harness.report import results as R
 
 STATUS_COLOURS = {"pass": "#c8ecc9", "fail": "#f6b3b3", "error": "#e88a8a", "unsupported": "#e4e4e4",
                   "skip": "#f1f1f1", "none": "#ffffff",

@@ -1,0 +1,55 @@
+"""``attn-harness``: a thin command line over the same code path as the pytest suites.
+
+One module per group of subcommands (check/list, bench, compare/merge, cost/kv-cache, ablate/integration);
+each adds its parsers through ``register(subparsers)`` and reports usage errors with
+:func:`harness.cli.usage.usage_error`. Domain modules hold no command-line code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from harness.cli.usage import usage_error  # noqa: F401 (the one usage-error helper)
+from harness.defaults import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
+# Modules that add their own subcommands through register(subparsers).
+SUBCOMMAND_MODULES = ("harness.cli.cost", "harness.cli.compare", "harness.cli.bench", "harness.cli.model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    p = argparse.ArgumentParser(prog="attn-harness", description=(
+        "Correctness and leakage test harness for attention implementations. Exit status: 0 every gate "
+        "property passed; 1 a gate property failed or errored; 2 usage or loading error."))
+    p.add_argument("--version", action="version", version=f"attention-harness {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    from harness.cli import check
+
+    check.register(sub)
+    for modname in SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors exit 2 already
+        return int(e.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
