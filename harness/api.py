@@ -131,7 +131,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
     from harness import report as R
     from harness.contract import LoadError
     from harness.loading import load
-    from harness.defaults import DEFAULT_SEED
+    from harness.defaults import BACKWARD_FACTOR, DEFAULT_SEED, FORWARD_FACTOR, HOST_DTYPES
     from harness.runner import available_suites, default_suites, suites_dir, verdict
 
     device = device or "cpu"
@@ -178,11 +178,11 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
             # The registry name means nothing to a later shell: point at where the function lives.
             r["repro"] = r["repro"].replace(spec, replay)
     options = {"device": device, "dtypes": list(dtypes) if dtypes else
-               [d for d in ("float32", "bfloat16", "float16") if d in impl.capabilities.dtypes],
+               [d for d in HOST_DTYPES.get(device, HOST_DTYPES["cpu"]) if d in impl.capabilities.dtypes],
                "dtypes_from": "option" if dtypes else "declared", "profile": profile,
                "suites": list(suites) if suites else "default", "properties": list(properties) if properties else None,
                "strict": strict, "seed": seed if seed is not None else DEFAULT_SEED,
-               "forward_factor": 2.0, "backward_factor": 3.0}
+               "forward_factor": FORWARD_FACTOR, "backward_factor": BACKWARD_FACTOR}
     data = R.new_report(options, ["harness.check", impl.name], device)
     data["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     data["implementations"] = [{

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from harness.defaults import BACKWARD_FACTOR, CALL_TIMEOUT_S, FORWARD_FACTOR, IMPL_TIMEOUT_S
 from harness.tiers import enforced
 
 OPT_IN_SUITES = ("model", "throughput")  # slow or needing extras: run only when named with --suite
@@ -66,10 +67,10 @@ class CheckOptions:
     seed: Optional[int] = None
     case: Optional[str] = None
     example: Optional[str] = None
-    call_timeout: float = 30.0
-    impl_timeout: float = 1800.0
-    forward_factor: float = 2.0
-    backward_factor: float = 3.0
+    call_timeout: float = CALL_TIMEOUT_S
+    impl_timeout: float = IMPL_TIMEOUT_S
+    forward_factor: float = FORWARD_FACTOR
+    backward_factor: float = BACKWARD_FACTOR
     forbid_ops: list = field(default_factory=list)
     triton_interpret: bool = False
     extra_pytest_args: list = field(default_factory=list)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import pytest
 
-from harness.defaults import DEFAULT_SEED, HOST_DTYPES, PROFILES, SUITE_PLUGIN_NAME
+from harness.defaults import BACKWARD_FACTOR, DEFAULT_SEED, FORWARD_FACTOR, HOST_DTYPES, PROFILES, SUITE_PLUGIN_NAME
 from harness.target import Target
 from harness.tiers import TIERS, enforced
 
@@ -43,8 +43,8 @@ class HarnessConfig:
     seed: int
     case: Optional[str]
     example: Optional[dict] = None
-    forward_factor: float = 2.0
-    backward_factor: float = 3.0
+    forward_factor: float = FORWARD_FACTOR
+    backward_factor: float = BACKWARD_FACTOR
     impls: dict = field(default_factory=dict)
     forbid_ops: list = field(default_factory=list)
     impl_dtypes: dict = field(default_factory=dict)  # spec -> declared dtypes, when no dtype was given

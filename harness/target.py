@@ -21,12 +21,14 @@ from typing import Optional
 
 import pytest
 
+from harness.defaults import BACKWARD_FACTOR, FORWARD_FACTOR
+
 
 class Target:
     """The implementation under test in one dtype on one device, as seen by a property."""
 
     def __init__(self, impl, dtype: str, device: str, replay: Optional[str], item,
-                 forward_factor: float = 2.0, backward_factor: float = 3.0):
+                 forward_factor: float = FORWARD_FACTOR, backward_factor: float = BACKWARD_FACTOR):
         self.impl = impl
         self.forward_factor = forward_factor
         self.backward_factor = backward_factor

@@ -18,10 +18,9 @@ from typing import Optional
 
 import torch
 
+from harness.defaults import BACKWARD_FACTOR, FORWARD_FACTOR  # noqa: F401 (one home: harness.defaults)
 from harness.reference import attention_naive
 
-FORWARD_FACTOR = 2.0
-BACKWARD_FACTOR = 3.0
 # Units in the last place (of the dtype, at the row's value magnitude) that any kernel may be
 # off by, whatever the baseline did. Measured on the correct fixtures: see tests/test_tolerance.py.
 FLOOR_ULPS = 4.0

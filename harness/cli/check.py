@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.cli.usage import usage_error
-from harness.defaults import EXIT_FAIL, EXIT_OK
+from harness.defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, EXIT_FAIL, EXIT_OK, FORWARD_FACTOR, IMPL_TIMEOUT_S)
 
 
 class Progress:
@@ -221,11 +221,14 @@ def register(sub) -> None:
                    help="with --case: the counterexample's other drawn arguments (from a repro command)")
     c.add_argument("--report-dir", default=None, metavar="DIR", help="default reports/<timestamp>/")
     c.add_argument("--junit", default=None, metavar="FILE", help="also write JUnit XML here")
-    c.add_argument("--call-timeout", type=float, default=30.0, help="seconds one kernel call may take (default 30)")
-    c.add_argument("--impl-timeout", type=float, default=1800.0,
-                   help="seconds one implementation's whole run may take (default 1800)")
-    c.add_argument("--forward-factor", type=float, default=2.0, help="forward error bound factor (default 2)")
-    c.add_argument("--backward-factor", type=float, default=3.0, help="gradient error bound factor (default 3)")
+    c.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT_S,
+                   help=f"seconds one kernel call may take (default {CALL_TIMEOUT_S:g})")
+    c.add_argument("--impl-timeout", type=float, default=IMPL_TIMEOUT_S,
+                   help=f"seconds one implementation's whole run may take (default {IMPL_TIMEOUT_S:g})")
+    c.add_argument("--forward-factor", type=float, default=FORWARD_FACTOR,
+                   help=f"forward error bound factor (default {FORWARD_FACTOR:g})")
+    c.add_argument("--backward-factor", type=float, default=BACKWARD_FACTOR,
+                   help=f"gradient error bound factor (default {BACKWARD_FACTOR:g})")
     c.add_argument("--forbid-ops", default=None, metavar="PATTERNS",
                    help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*') the kernel "
                         "must not call: a match fails integrity::test_op_trace")

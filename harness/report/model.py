@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from harness.defaults import BACKWARD_FACTOR, FORWARD_FACTOR
+
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
@@ -74,8 +76,8 @@ class Options:
     suites: Any = "default"  # list of names, or "default"
     strict: bool = False
     seed: Optional[int] = None
-    forward_factor: float = 2.0
-    backward_factor: float = 3.0
+    forward_factor: float = FORWARD_FACTOR
+    backward_factor: float = BACKWARD_FACTOR
     properties: Optional[list[str]] = None
     dtypes_from: str = "option"  # "option" or "declared" (each implementation's declared dtypes)
     forbid_ops: list[str] = field(default_factory=list)
