@@ -15,6 +15,7 @@ Public API
 - ``kv_cache_bytes(layers, kv_heads, head_dim, seq, batch, dtype) -> int``
 - ``attention_cost(heads, kv_heads, head_dim, seq, batch, dtype, causal=True, device=None)
   -> AttentionCost`` (``.prefill`` and ``.decode`` are ``WorkloadCost``)
+- ``attention_flops(B, H, L, S, D, causal=False) -> int`` (also what ``attn-harness bench`` counts)
 - ``roofline(flops, bytes_moved, device) -> (bound, time_s)``
 - ``DEVICES`` / ``get_device(name)`` -> ``DevicePeak``
 - ``MODELS`` / ``get_model(name)`` -> ``ModelPreset``
@@ -37,6 +38,7 @@ __all__ = [
     "bytes_per_element",
     "kv_cache_bytes",
     "attention_cost",
+    "attention_flops",
     "roofline",
     "get_device",
     "get_model",
@@ -210,6 +212,13 @@ PREFILL_BYTES_FORMULA = "(B*H*L*D [Q] + 2*B*Hkv*S*D [K,V] + B*H*L*D [O]) * bytes
 DECODE_BYTES_FORMULA = "(B*H*1*D [q] + 2*B*Hkv*S*D [K,V cache] + B*H*1*D [o]) * bytes_per_element"
 
 
+def attention_flops(B: int, H: int, L: int, S: int, D: int, causal: bool = False) -> int:
+    """4*B*H*L*S*D, halved when ``causal``: QK^T and PV at 2 FLOPs per multiply-add. The one FLOP
+    count of the package (``harness.bench`` times against it too)."""
+    flops = 4 * B * H * L * S * D
+    return flops // 2 if causal else flops
+
+
 @dataclass(frozen=True)
 class WorkloadCost:
     """FLOPs, bytes moved and (optionally) roofline verdict for one attention call."""
@@ -286,9 +295,7 @@ def attention_cost(
     B, H, Hkv, D, S = batch, heads, kv_heads, head_dim, seq
 
     def build(name: str, L: int, halve: bool, flops_formula: str, bytes_formula: str):
-        flops = 4 * B * H * L * S * D
-        if halve:
-            flops //= 2
+        flops = attention_flops(B, H, L, S, D, halve)
         nbytes = (B * H * L * D + 2 * B * Hkv * S * D + B * H * L * D) * bpe
         bound = time_s = None
         if dev is not None:

@@ -33,7 +33,7 @@ TRITON = "fixtures/triton_attention.py:triton_attention"
 @pytest.fixture
 def fake_peak(monkeypatch):
     """Skip the (slow) machine-peak measurement where a test does not look at it."""
-    monkeypatch.setattr(bench, "machine_peak", lambda device, dtype: dict(FAKE_PEAK))
+    monkeypatch.setattr(bench.run, "machine_peak", lambda device, dtype: dict(FAKE_PEAK))  # where run_bench reads it
 
 
 def run_cli(args, tmp_path, capsys, name="r"):
@@ -149,6 +149,7 @@ def test_wrong_kernel_gets_no_timing(tmp_path, capsys, fake_peak):
     rc, out, err, rep, _ = run_cli(["--impl", "sdpa", "--impl", "fixtures/planted.py:missing_scale",
                                     "--shapes", TINY, "--repeats", "2"], tmp_path, capsys)
     assert rc == 1
+    assert rep["machine_peak"] == FAKE_PEAK  # the fixture's patch reached run_bench
     assert [e["impl"] for e in rep["throughput"]] == ["sdpa"]
     (f,) = rep["bench_failures"]
     assert f["impl"] == "missing_scale" and f["shape"]["L"] == 64 and "limit 2x" in f["message"]
@@ -221,7 +222,7 @@ def test_kernel_writing_into_its_inputs_fails(fake_peak):
 def test_timed_output_checked_on_sampled_rows(monkeypatch):
     """A configuration too big for a full check is checked at a reduced size; a kernel right
     there but wrong on long rows is caught on sampled rows of the timed output."""
-    monkeypatch.setattr(bench, "CHECK_MAX_SCORES", 2 * 32 * 32)
+    monkeypatch.setattr(bench.checks, "CHECK_MAX_SCORES", 2 * 32 * 32)  # where check_shape reads it
 
     def long_rows_wrong(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         out = _sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)

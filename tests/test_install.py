@@ -74,7 +74,7 @@ def test_check_from_an_unrelated_directory(venv, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     mods = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
     for name in ("harness.masks", "harness.masks.chat", "harness.suites.test_causal", "harness.fixtures.planted",
-                 "harness.cli", "harness.html_report"):
+                 "harness.cli", "harness.cli.check", "harness.report.html", "harness.bench.run", "harness.model.checks"):
         assert name in mods, f"{name} is not in the wheel"
     outside = {n: f for n, f in mods.items() if not f.startswith(str(venv))}
     assert not outside, f"imported from outside the installed wheel: {outside}"

@@ -28,6 +28,7 @@ import math
 from typing import Optional
 
 from harness.report import results as R
+from harness.slowdown import slower_by_more_than
 from harness.tiers import enforced
 
 EXIT_OK, EXIT_REGRESSED, EXIT_UNREADABLE = 0, 1, 2
@@ -213,9 +214,9 @@ def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdow
             row = {"impl": e.get("impl"), "mode": e.get("mode"), "direction": e.get("direction", "forward"),
                    "shape": _shape_key(e.get("shape")), "dtype": e.get("dtype"), "base_ms": bm, "new_ms": nm,
                    "change": (nm / bm - 1) if bm > 0 else math.inf}
-            if nm > bm * (1 + slowdown):
+            if slower_by_more_than(nm, bm, slowdown):
                 out["slowdowns"].append(row)
-            elif nm < bm / (1 + slowdown):
+            elif slower_by_more_than(bm, nm, slowdown):
                 out["speedups"].append(row)
     out["regressed"] = any(out[k] for k in REGRESSIONS)
     return out
