@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,9 @@ class CheckOptions:
     forbid_ops: list = field(default_factory=list)
     triton_interpret: bool = False
     extra_pytest_args: list = field(default_factory=list)
+    # Suite processes for one implementation, each running part of the suites. Every process
+    # runs torch on one thread, so a second one uses a second core; 0 = auto (see shard_count).
+    shards: int = 1
 
 
 def absolute_spec(spec: str) -> str:
@@ -198,13 +202,96 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
     return proc.returncode, bool(timed_out), running, done_ids
 
 
+# Seconds per suite for torch SDPA in float32 at the default profile (measured on the 2-core
+# machine): only the balance between shards depends on them.
+SUITE_WEIGHTS = {"padding": 10.4, "correctness": 9.5, "boundaries": 8.6, "stability": 7.1, "decode": 6.8,
+                 "normalization": 6.2, "causal": 5.9, "integrity": 5.8, "backward": 4.7, "regions": 3.8,
+                 "isolation": 3.5}
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def shard_count(requested: int, device: str, parallel_impls: int = 1) -> int:
+    """How many suite processes one implementation gets: ``requested`` when given (> 0), else two
+    on a CPU run with a core to spare per implementation. A CUDA run keeps one process: the
+    kernel and its compile caches are not shared across processes, and the GPU is one."""
+    if requested > 0:
+        return requested
+    if device != "cpu":
+        return 1
+    return 2 if available_cores() >= 2 * max(1, parallel_impls) else 1
+
+
+def shard_suites(suites: list, n: int) -> list:
+    """``suites`` in ``n`` groups of about equal time (longest first into the lightest group),
+    each in the original order. Fewer groups when there are fewer suites."""
+    groups: list = [[] for _ in range(max(1, min(n, len(suites))))]
+    load = [0.0] * len(groups)
+    for s in sorted(suites, key=lambda s: -SUITE_WEIGHTS.get(s, 1.0)):
+        i = load.index(min(load))
+        groups[i].append(s)
+        load[i] += SUITE_WEIGHTS.get(s, 1.0)
+    return [[s for s in suites if s in g] for g in groups if g]
+
+
 def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
             on_progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
     "duration_s", "problem", "problem_recorded" (the problem is already a result)}.
 
+    With ``opts.shards`` > 1 the suites are split over that many processes run at once; results
+    come back in suite order, as from one process.
+
     A crash (a segfault inside a compiled kernel) costs the property in flight, not the rest:
     the property becomes an ``error`` with its repro, and a new process resumes after it."""
+    suites = list(opts.suites or default_suites())
+    groups = shard_suites(suites, opts.shards) if opts.shards > 1 else [suites]
+    if len(groups) == 1:
+        return _run_processes(opts, spec, log_path, on_progress)
+    import dataclasses
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.time()
+    lock = threading.Lock()
+    collected: dict = {}
+
+    def progress_of(i):
+        def forward(ev):
+            if on_progress is None:
+                return
+            with lock:
+                if "collected" in ev:  # the bar counts every shard's properties
+                    collected[i] = ev["collected"]
+                    ev = {"collected": sum(collected.values())}
+                on_progress(ev)
+        return forward
+
+    with ThreadPoolExecutor(max_workers=len(groups)) as ex:
+        parts = list(ex.map(lambda ig: _run_processes(dataclasses.replace(opts, suites=ig[1], shards=1), spec, None,
+                                                      progress_of(ig[0])), enumerate(groups)))
+    order = {s: n for n, s in enumerate(suites)}
+    results = sorted((r for p in parts for r in p["results"]), key=lambda r: order.get(r.get("suite"), len(order)))
+    log = "".join(f"=== shard {n + 1}/{len(parts)}: {' '.join(p['command'])}\n\n{p['log']}\n"
+                  for n, p in enumerate(parts))
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(log)
+    problems = [p["problem"] for p in parts if p["problem"]]
+    return {"results": results, "returncode": max((p["returncode"] for p in parts), key=abs),
+            "log": log, "problem": "; ".join(dict.fromkeys(problems)) or None,
+            "problem_recorded": all(p["problem_recorded"] for p in parts if p["problem"]) if problems else False,
+            "duration_s": round(time.time() - t0, 2), "command": parts[0]["command"], "commands": [p["command"] for p in parts]}
+
+
+def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
+                   on_progress: Optional[Callable[[dict], None]]) -> dict:
+    """One suite process for ``opts.suites``, restarted after each crash (see :func:`run_one`)."""
     base_cmd = _pytest_command(opts, spec)
     t0 = time.time()
     deadline = t0 + opts.impl_timeout
@@ -242,7 +329,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
             break
         # The property in flight when the process hung or died is an error, not a silent gap.
         msg = f"{problem}; running {running['suite']}::{running['property']} [{running['dtype']}]"
-        repro = (f"attn-harness check --impl {spec} --device {opts.device} --dtype {running['dtype']} "
+        repro = (f"attn-harness check --impl {shlex.quote(spec)} --device {opts.device} --dtype {running['dtype']} "
                  f"--suite {running['suite']} --property {running['property']}")
         earlier = [h for h in history if h != f"{running['suite']}::{running['property']}"]
         if earlier:
@@ -251,7 +338,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
             suites = list(dict.fromkeys([h.split("::")[0] for h in earlier] + [running["suite"]]))
             props = list(dict.fromkeys([h.split("::")[1] for h in earlier] + [running["property"]]))
             msg += ("\nif the repro passes alone, the crash needs what ran before it in the same process; "
-                    "the sequence: attn-harness check --impl " + spec + f" --device {opts.device} --dtype "
+                    "the sequence: attn-harness check --impl " + shlex.quote(spec) + f" --device {opts.device} --dtype "
                     f"{running['dtype']} " + " ".join(f"--suite {x}" for x in suites) + " "
                     + " ".join(f"--property {x}" for x in props))
         rec = {k: v for k, v in running.items() if k != "nodeid"}
@@ -263,12 +350,17 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
         if timed_out or rc >= 0 or -rc not in CRASH_SIGNALS or not running.get("nodeid"):
             break  # only a crash is worth resuming after; a timeout or an outside signal ends the run
         skip_ids.append(running["nodeid"])
-    shown, passed = f"--impl {spec} ", f"--impl {absolute_spec(spec)} "
-    if shown != passed:
-        # Repro commands name the spec as the user typed it, for the directory they typed it in.
+    absolute = absolute_spec(spec)
+    if absolute != spec:
+        # Results name the spec as the user typed it, for the directory they typed it in.
+        pairs = [(f"--impl {shlex.quote(absolute)} ", f"--impl {shlex.quote(spec)} "),
+                 (f"--impl {absolute} ", f"--impl {shlex.quote(spec)} ")]
         for r in results:
-            if r.get("repro"):
-                r["repro"] = r["repro"].replace(passed, shown)
+            if r.get("impl") == absolute:
+                r["impl"] = spec
+            for passed, shown in pairs:
+                if r.get("repro"):
+                    r["repro"] = r["repro"].replace(passed, shown)
     problem = "; ".join(dict.fromkeys(problems)) or None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,8 @@ def test_a_crash_costs_one_property_not_the_rest(tmp_path):
         "        f = f.f_back\n"
         "    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,\n"
         "                                          scale=scale, enable_gqa=enable_gqa)\n")
-    r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--suite", "isolation", "--suite", "decode",
+    # One process (--shards 1): what ran before the crash in that process is the point.
+    r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--suite", "isolation", "--suite", "decode", "--shards", "1",
             "--profile", "quick", "--dtype", "float32", "--report-dir", str(tmp_path / "r"))
     assert r.returncode == 1, r.stderr[-2000:]
     [impl] = json.loads((tmp_path / "r" / "report.json").read_text())["implementations"]

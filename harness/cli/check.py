@@ -78,7 +78,7 @@ def cmd_check(args) -> int:
     from harness.report import writer as report_writer
     from harness.contract import LoadError
     from harness.loading import load_all
-    from harness.runner import CheckOptions, available_suites, run_one
+    from harness.runner import CheckOptions, available_suites, run_one, shard_count
 
     if not args.impl:
         return usage_error("give at least one --impl SPEC (see `attn-harness list`)")
@@ -120,7 +120,8 @@ def cmd_check(args) -> int:
                         case=args.case, example=args.example, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
                         forward_factor=args.forward_factor, backward_factor=args.backward_factor,
                         forbid_ops=[p.strip() for p in (args.forbid_ops or "").split(",") if p.strip()],
-                        triton_interpret=args.triton_interpret)
+                        triton_interpret=args.triton_interpret,
+                        shards=shard_count(args.shards, args.device, min(args.jobs, len(impls))))
     from harness.defaults import DEFAULT_SEED
 
     from harness.contract import ALL_DTYPES as _host
@@ -236,6 +237,9 @@ def register(sub) -> None:
                    help="run Triton kernels through Triton's CPU interpreter (sets TRITON_INTERPRET=1)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N implementations in parallel processes (default 1)")
+    c.add_argument("--shards", type=int, default=0, metavar="N",
+                   help="split one implementation's suites over N processes run at once (default: 2 on a CPU "
+                        "run with a core to spare per implementation, else 1)")
     c.add_argument("--print-summary", action="store_true", help="also print the comparison matrix to stdout")
     c.add_argument("--traceback", action="store_true", help="show tracebacks for loading errors")
     c.set_defaults(func=cmd_check)
