@@ -336,3 +336,48 @@ def test_one_real_run_of_a_single_failing_property(monkeypatch):
     assert res["repro"].startswith(f"attn-harness check --impl {spec} --device cpu --dtype float32 "
                                    "--suite fingerprint --property test_default_scale")
     assert R.verdict(out["results"], False) == "fail"
+
+
+# --- shards: one implementation's suites in several processes at once ------------------------------
+
+def test_shard_suites_balances_by_weight_and_keeps_each_group_in_order():
+    suites = R.default_suites()
+    groups = R.shard_suites(suites, 2)
+    assert len(groups) == 2 and sorted(s for g in groups for s in g) == sorted(suites)
+    for g in groups:
+        assert g == [s for s in suites if s in g]  # original order inside a group
+    load = [sum(R.SUITE_WEIGHTS.get(s, 1.0) for s in g) for g in groups]
+    assert max(load) - min(load) <= max(R.SUITE_WEIGHTS.values())
+    assert R.shard_suites(["decode"], 2) == [["decode"]]  # never an empty shard
+
+
+def test_shard_count_auto_only_spares_cores(monkeypatch):
+    monkeypatch.setattr(R, "available_cores", lambda: 2)
+    assert R.shard_count(0, "cpu") == 2
+    assert R.shard_count(0, "cpu", parallel_impls=2) == 1  # --jobs 2 already uses both cores
+    assert R.shard_count(0, "cuda") == 1
+    assert R.shard_count(3, "cuda") == 3  # asked for explicitly
+    monkeypatch.setattr(R, "available_cores", lambda: 1)
+    assert R.shard_count(0, "cpu") == 1
+
+
+def test_run_one_merges_shards_in_suite_order_and_sums_the_progress(monkeypatch, tmp_path):
+    seen = []
+
+    def fake(o, spec, log_path, on_progress):
+        assert o.shards == 1 and log_path is None
+        on_progress({"collected": len(o.suites)})
+        res = [{"suite": s, "property": "p", "status": "pass"} for s in reversed(o.suites)]
+        crashed = "decode" in o.suites
+        return {"results": res, "returncode": -11 if crashed else 0, "log": f"log of {o.suites}",
+                "problem": "crashed" if crashed else None, "problem_recorded": crashed, "duration_s": 1.0,
+                "command": ["pytest", *o.suites]}
+
+    monkeypatch.setattr(R, "_run_processes", fake)
+    suites = ["backward", "causal", "correctness", "decode", "padding"]
+    out = R.run_one(opts(suites=suites, shards=2), "sdpa", tmp_path / "log.txt", seen.append)
+    order = [r["suite"] for r in out["results"]]
+    assert sorted(order, key=suites.index) == order and len(order) == len(suites)
+    assert seen[-1] == {"collected": 5} or {"collected": 5} in seen
+    assert out["problem"] == "crashed" and out["problem_recorded"] and out["returncode"] == -11
+    assert len(out["commands"]) == 2 and "shard 2/2" in (tmp_path / "log.txt").read_text()
