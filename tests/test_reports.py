@@ -275,6 +275,125 @@ def test_write_all_writes_html(tmp_path):
     ET.parse(paths["junit"])
 
 
+def test_script_in_kernel_name_and_message_is_escaped():
+    """A kernel name and a failure message holding <script> reach the page as text, never as
+    markup: in the matrix header, the failure's summary and message, the environment tables."""
+    name, message = "k<script>alert('name')</script>", "diverged <script>alert(\"msg\")</script> at row 3"
+    rep = _report([_impl(name, [_result("test_p", "fail", message=message, repro=f"attn-harness check --impl '{name}'")],
+                         "fail")])
+    html = html_report.render(rep, None)
+    assert "<script" not in html.lower()
+    page = parse(html)
+    assert "script" not in page.tags
+    assert html.count("k&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;") >= 4  # header, matrix, failure, env
+    assert "<pre>diverged &lt;script&gt;alert(&#34;msg&#34;)&lt;/script&gt; at row 3</pre>" in html
+    text = " ".join(page.text)
+    assert name in text and message in text  # the reader sees the text as written
+
+
+def _links_and_ids(html: str):
+    class _Anchors(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.hrefs = [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if a.get("id") is not None:
+                self.ids.append(a["id"])
+            if (a.get("href") or "").startswith("#"):
+                self.hrefs.append(a["href"][1:])
+
+    p = _Anchors()
+    p.feed(html)
+    return p.hrefs, p.ids
+
+
+def _mixed_tier_report():
+    """Gate and reported-only (strict, no --strict) failures side by side, under hostile names."""
+    return _report([_impl(HOSTILE, [_result("test_gate", "fail", message="bad"),
+                                    _result("test_strict", "fail", tier="strict", message="NaN in masked slots"),
+                                    _result("test_p", "fail", suite=f"suite {HOSTILE}", dtype="bfloat 16",
+                                            message="x"),
+                                    _result("test_ok")], "fail"),
+                    _impl("two words", [_result("test_gate", "error", message="Traceback"),
+                                        _result("test_strict", "pass"), _result("test_ok", "fail", tier="info")],
+                          "fail")])
+
+
+@pytest.mark.parametrize("which", ["mixed_tiers", "hostile"])
+def test_every_in_page_link_has_its_target(which):
+    """Every href="#x" in the page (matrix cells linking to their failure) has an element with
+    id="x", and ids are unique, whatever the names hold (spaces, markup)."""
+    rep = _mixed_tier_report() if which == "mixed_tiers" else _hostile_report()
+    hrefs, ids = _links_and_ids(html_report.render(rep, None))
+    failures = sum(r["status"] in ("fail", "error") for i in rep["implementations"] for r in i["results"])
+    assert len(ids) == len(set(ids)) == failures
+    assert hrefs and set(hrefs) <= set(ids), set(hrefs) - set(ids)
+    assert all(not any(ch.isspace() for ch in i) for i in ids)
+
+
+def test_real_run_links_have_targets(real_run):
+    _, d, _ = real_run
+    hrefs, ids = _links_and_ids((d / "report.html").read_text())
+    assert hrefs and set(hrefs) <= set(ids), set(hrefs) - set(ids)
+    assert len(ids) == len(set(ids))
+
+
+def test_failures_gate_first_and_amber_for_reported():
+    html = html_report.render(_mixed_tier_report(), None)
+    fails = html[html.index("<h2>Failures</h2>"):]
+    gate, strict = fails.index("::test_gate"), fails.index("::test_strict")
+    assert gate < strict
+    assert "<span class=\"amber\">fail</span> (strict, not enforced)</summary>" in fails
+    assert html.count("<details ") == 5 and html.count(" open>") == 3  # only gate failures start open
+    matrix = html[html.index("<h2>Comparison matrix</h2>"):html.index("<h2>Failures</h2>")]
+    assert f"background:{html_report.STATUS_COLOURS['reported']}" in matrix
+    assert f"background:{html_report.STATUS_COLOURS['fail']}" in matrix
+
+
+def test_a_section_that_raises_is_shown_not_swallowed(monkeypatch):
+    from harness.report import html_sections
+
+    def boom(report):
+        raise RuntimeError(f"matrix broke on {HOSTILE}")
+
+    monkeypatch.setattr(html_report, "SECTIONS", [(t, tpl, boom if fn is html_sections.matrix else fn)
+                                                  for t, tpl, fn in html_report.SECTIONS])
+    html = html_report.render(_mixed_tier_report(), None)
+    parse(html)
+    assert HOSTILE not in html
+    assert ("<h2>Comparison matrix</h2>\n<p class=\"flag\">could not render this section: RuntimeError: "
+            f"matrix broke on {html_report.esc(HOSTILE)}</p>") in html
+    assert "<h2>Failures</h2>" in html and "<h2>Environment</h2>" in html  # the rest still renders
+    # a template that fails (here: a missing one) is reported the same way
+    monkeypatch.setattr(html_report, "SECTIONS", [("Throughput", "no-such-template.html", html_sections.throughput)])
+    html = html_report.render(_hostile_report(), None)
+    assert "could not render this section: TemplateNotFound: &#39;no-such-template.html&#39; not found" in html
+
+
+def test_a_page_that_cannot_render_is_reported_by_the_writer(tmp_path, monkeypatch, capsys):
+    def broken(report, report_dir=None):
+        raise ValueError("page template broke")
+
+    monkeypatch.setattr(html_report, "render", broken)
+    paths = report_writer.write_all(_report([_impl("a", [_result("p")])]), tmp_path)
+    assert "html" not in paths and not (tmp_path / "report.html").exists()
+    assert paths["json"].exists() and paths["md"].exists()
+    assert "report.html was not written: ValueError: page template broke" in capsys.readouterr().err
+
+
+def test_page_and_table_wrappers_for_other_renderers():
+    """compare.py and api.py build HTML with page/table/esc: plain strings, cells escaped."""
+    t = html_report.table(["a", "<b>"], [[HOSTILE, None], [1, 2.5]])
+    assert type(t) is str and HOSTILE not in t and "<th>&lt;b&gt;</th>" in t and "<td></td>" in t
+    assert "<p>x</p>" + t == "<p>x</p>" + t  # concatenation keeps the caller's markup
+    p = html_report.page(HOSTILE, "<p>body built by the caller</p>" + t)
+    assert type(p) is str and p.startswith("<!DOCTYPE html>") and "<p>body built by the caller</p>" in p
+    assert f"<title>{html_report.esc(HOSTILE)}</title>" in p
+    parse(p)
+
+
 def _chromium():
     """A Chromium that runs (Ubuntu's chromium-browser may be a stub asking for snap), or None."""
     import shutil
@@ -294,20 +413,68 @@ def _chromium():
 CHROMIUM = _chromium()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no working headless Chromium on PATH (chromium, chromium-browser or "
-                                             "google-chrome): .ci/run installs Debian's chromium where it can")
+# Run in the page after it loaded: the computed background of every matrix cell, and for every
+# in-page link of the matrix, where clicking it lands (the :target element).
+_PROBE = """<script>
+(function () {
+  var out = {cells: {}, links: []};
+  var matrix = document.querySelector('table');
+  matrix.querySelectorAll('tbody tr').forEach(function (tr) {
+    var tds = Array.prototype.slice.call(tr.querySelectorAll('td'));
+    out.cells[tds[0].textContent] = tds.slice(2).map(function (td) { return getComputedStyle(td).backgroundColor; });
+  });
+  matrix.querySelectorAll('a[href^="#"]').forEach(function (a) {
+    a.click();
+    var t = document.querySelector(':target');
+    out.links.push({href: a.getAttribute('href').slice(1), target: t ? t.id : null, tag: t ? t.tagName : null});
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'harness-probe';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def _open_in_chromium(html: str, tmp_path) -> tuple:
+    """Chromium's DOM of the page (plus the probe), and what the probe found."""
+    import html as htmllib
+    import re
+
+    path = tmp_path / "page.html"
+    path.write_text(html.replace("</body>", _PROBE + "</body>"))
+    out = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = re.search(r'<pre id="harness-probe">(.*?)</pre>', out.stdout, re.S)
+    assert m, "the probe did not run: " + out.stderr[-2000:]
+    return out.stdout, json.loads(htmllib.unescape(m.group(1)))
+
+
+def _assert_links_land(probe: dict, html: str):
+    hrefs, ids = _links_and_ids(html)
+    assert probe["links"] and len(probe["links"]) == len(hrefs)
+    for link in probe["links"]:  # following a cell's link lands on that failure's <details>
+        assert link["target"] == link["href"] and link["tag"] == "DETAILS", link
+        assert link["target"] in ids
+
+
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no working headless Chromium on PATH (chromium, chromium-browser or "
+                             "google-chrome): .ci/run installs Debian's chromium where it can")
+
+
+@needs_chromium
 def test_renders_in_headless_chromium(real_run, tmp_path):
     """The report.html of the real three-implementation check run, opened by a real browser: the
     DOM Chromium builds holds the comparison matrix (every implementation a column) and the
-    attention-map heatmaps as embedded PNG images."""
+    attention-map heatmaps as embedded PNG images, and every failing cell's link lands on its failure."""
     _, d, report = real_run
-    html_path = d / "report.html"
-    out = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html_path.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    html = (d / "report.html").read_text()
+    text, probe = _open_in_chromium(html, tmp_path)
     dom = _Dom()
-    dom.feed(out.stdout)
+    dom.feed(text)
     assert "Comparison matrix" in dom.h2
     matrix = dom.tables[0]
     names = [i["name"] for i in report["implementations"]]
@@ -317,6 +484,26 @@ def test_renders_in_headless_chromium(real_run, tmp_path):
                 and i.get("alt", "").startswith("attention maps of ")]
     assert {n for n in names if any(f"attention maps of {n} " in i["alt"] for i in heatmaps)} == set(names)
     assert all(len(i["src"]) > 1000 for i in heatmaps)
+    _assert_links_land(probe, html)
+
+
+@needs_chromium
+def test_reported_and_gate_failures_look_different_in_chromium(tmp_path):
+    """Amber for a failure of a tier the run does not enforce, red for a gate failure, as the
+    browser computes them; and the links of both (names holding spaces and markup) land."""
+    html = html_report.render(_mixed_tier_report(), None)
+    _, probe = _open_in_chromium(html, tmp_path)
+    cells = probe["cells"]
+    gate, strict = cells["correctness::test_gate"][0], cells["correctness::test_strict"][0]
+    passing = cells["correctness::test_ok"][0]
+    assert gate != strict and len({gate, strict, passing}) == 3, cells
+    def rgb(hex_colour):
+        return "rgb({}, {}, {})".format(*(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)))
+
+    colours = html_report.STATUS_COLOURS
+    assert (strict, gate, passing) == (rgb(colours["reported"]), rgb(colours["fail"]), rgb(colours["pass"]))
+    assert cells["correctness::test_ok"][1] == strict  # an info failure: amber too
+    _assert_links_land(probe, html)
 
 
 class _Dom(HTMLParser):
