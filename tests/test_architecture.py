@@ -91,3 +91,31 @@ def test_no_import_cycle_in_the_package():
 def test_the_cycle_finder_sees_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+MAX_LINES = 500  # a module past this has become two concepts: split it (see CONTRIBUTING.md)
+
+
+def test_no_module_in_the_package_is_over_the_line_limit():
+    pkg = Path(__file__).resolve().parents[1] / "harness"
+    long = {str(p.relative_to(pkg)): n for p in sorted(pkg.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_domain_modules_hold_no_command_line_code():
+    """Subcommands live in harness/cli/: a domain module with argparse or a register(subparsers)
+    is a second home for the same concern."""
+    pkg = Path(__file__).resolve().parents[1] / "harness"
+    offenders = []
+    for p in sorted(pkg.rglob("*.py")):
+        if p.relative_to(pkg).parts[0] == "cli":
+            continue
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                    a.name == "argparse" for a in node.names) or (
+                    isinstance(node, ast.FunctionDef) and node.name == "register"):
+                offenders.append(str(p.relative_to(pkg)))
+                break
+    assert not offenders, f"command-line code outside harness/cli/: {offenders}"
