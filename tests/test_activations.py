@@ -34,6 +34,7 @@ def test_fit_never_reshapes_real_activations():
         Case(E=16, Ev=16, activations=1).materialize()
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_planted_padding_leak_is_caught_on_real_activations(tmp_path):
     case = repr(real_case(2))
     r = subprocess.run([sys.executable, "-m", "harness", "check", "--impl", "fixtures/planted.py:padding_mask_ignored",

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = """
     import json, sys
     import torch
@@ -36,6 +38,7 @@ SCRIPT = """
 """
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_check_a_main_defined_function(tmp_path):
     script = tmp_path / "notebook_like.py"
     script.write_text(textwrap.dedent(SCRIPT))

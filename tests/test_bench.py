@@ -273,6 +273,7 @@ def test_triton_fixture_imports_and_is_unsupported(tmp_path, capsys, fake_peak):
     assert "unsupported" in out and "nothing was timed" in err
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 @needs_no_triton_gpu
 def test_triton_fixture_check_reports_unsupported(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--impl", TRITON, "--suite", "decode",
@@ -287,6 +288,7 @@ def test_triton_fixture_check_reports_unsupported(tmp_path):
 
 # --- the pytest-benchmark suite ------------------------------------------------------------------
 
+@pytest.mark.slow  # a pytest run of the throughput suite
 def test_suite_skips_when_benchmark_disabled(tmp_path):
     env = dict(os.environ, ATTN_HARNESS_BENCH_SHAPES="prefill:1x2x32x16")
     r = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "harness.suites.test_throughput",

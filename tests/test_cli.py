@@ -47,6 +47,7 @@ def test_list_shows_builtins_and_why_unavailable():
         assert "needs CUDA" in r.stdout or "yes" in r.stdout
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_check_torch_sdpa_by_module_path_passes_and_writes_reports(tmp_path):
     r = run("check", "--impl", "torch.nn.functional:scaled_dot_product_attention", "--profile", "quick", "--dtype", "float32",
             "--report-dir", str(tmp_path), "--junit", str(tmp_path / "junit.xml"))
@@ -62,6 +63,7 @@ def test_check_torch_sdpa_by_module_path_passes_and_writes_reports(tmp_path):
     assert (tmp_path / "junit.xml").exists()
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_failing_kernel_exits_1_with_counterexample_and_repro(tmp_path):
     spec = str(ROOT / "fixtures" / "planted.py") + ":missing_scale"
     r = run("check", "--impl", spec, "--profile", "quick", "--dtype", "float32", "--suite", "correctness",
@@ -82,6 +84,7 @@ def test_failing_kernel_exits_1_with_counterexample_and_repro(tmp_path):
     assert again and again[0]["counterexample"] == f["counterexample"]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_broken_outputs_become_results_and_others_still_land(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(
@@ -111,6 +114,7 @@ def test_broken_outputs_become_results_and_others_still_land(tmp_path):
     assert "dtype" in msgs("wrong_dtype")
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_not_implemented_on_some_cases_skips_only_those(tmp_path):
     # A kernel that declares nothing but raises NotImplementedError when Ev != E: those cases
     # are unsupported and counted; the property still runs (and passes) on the others.
@@ -137,6 +141,7 @@ def test_not_implemented_on_some_cases_skips_only_those(tmp_path):
     assert r.returncode == 1, r.stdout[-2000:]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_a_kernel_hanging_where_no_signal_reaches_keeps_finished_results(tmp_path):
     # --call-timeout 0 stands in for a hang inside C/CUDA code that SIGALRM cannot interrupt: only
     # the whole-process timeout stops it. What finished before must survive, and the property
@@ -164,6 +169,7 @@ def test_a_kernel_hanging_where_no_signal_reaches_keeps_finished_results(tmp_pat
     assert "timed out after 40 s" in errs[0]["message"] and "running causal::" in errs[0]["message"]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_a_crash_costs_one_property_not_the_rest(tmp_path):
     # A real segfault (a read of address 0) inside one property: it becomes an error naming the
     # signal, with its repro and the sequence that ran before it; the rest still run.

@@ -257,6 +257,7 @@ def test_check_report_throughput_slowdown_exit_1(tmp_path, capsys):
         ["throughput::test_throughput_backward[B=1 E=16 H=2 Hkv=2 L=128 S=128 causal=True]"]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_real_check_throughput_report(tmp_path, capsys):
     """The keys above are the ones a real `check --suite throughput` run writes."""
     import os

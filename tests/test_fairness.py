@@ -164,6 +164,7 @@ def test_probes_judge_rows_without_a_visible_key_by_the_declaration():
     assert bool(probes.blocked_rows(inp, keys, impl.capabilities.replace(fully_masked_rows="zero"))[..., :3].all())
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_bottom_right_uniform_control_passes_the_properties_that_reported_leaks(tmp_path):
     """The exact float64 control with the issue's declarations, replayed at L=6, S=3 through the
     CLI: causal::test_future_weights_zero, causal::test_future_perturbation_invariance,
@@ -226,6 +227,7 @@ def test_self_attention_only_cases_are_fitted_to_l_equal_s():
 
 # --- 5 and 6. narrow contracts through the CLI -------------------------------------------------------
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_fixed_scale_kernel_gets_the_default_scale_check(tmp_path):
     res, _ = _check(tmp_path, f"{TP}:fixed_scale", "--dtype", "float32", "--suite", "fingerprint")
     assert res[("fingerprint", "test_default_scale", "float32")]["status"] == "pass"
@@ -234,6 +236,7 @@ def test_fixed_scale_kernel_gets_the_default_scale_check(tmp_path):
     assert res[("fingerprint", "test_fingerprint", "float32")]["worst"]["fingerprint"]["default_scale"] == "1/sqrt(E)"
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_a_kernel_that_supports_nothing_stops_early_as_unsupported(tmp_path):
     """Every call raises NotImplementedError (xformers on CPU): each property stops after
     UNSUPPORTED_STOP_AFTER cases instead of hundreds, as unsupported, and the info-tier

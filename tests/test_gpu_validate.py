@@ -74,6 +74,7 @@ def test_refuses_cleanly_without_cuda(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_cpu_smoke_runs_the_whole_pipeline(tmp_path):
     out, readme = tmp_path / "cpu", tmp_path / "README.md"
     r = run("--cpu-smoke", "--out", str(out), "--readme", str(readme), "--suite", "correctness",

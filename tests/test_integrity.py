@@ -234,6 +234,7 @@ def _failing(impl):
     return {r["property"] for r in impl["results"] if r["status"] in ("fail", "error") and r["tier"] == "gate"}
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 @pytest.mark.parametrize("name", sorted(PROPERTY_OF))
 def test_planted_fixture_caught_by_its_property(suite_run, name):
     _, rep, _ = suite_run
@@ -247,6 +248,7 @@ def test_planted_fixture_caught_by_its_property(suite_run, name):
     assert "--property " + prop in r["repro"] and "--case" in r["repro"]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_correct_kernels_pass_the_integrity_suite(suite_run):
     _, rep, _ = suite_run
     for spec in PASSING:
@@ -272,6 +274,7 @@ def test_report_has_an_integrity_section(suite_run):
     assert "<h2>Integrity</h2>" in html and "sdpa · op trace (float32)" in html
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_forbid_ops_makes_the_op_trace_a_gate(tmp_path):
     r, rep = _check(tmp_path, ["sdpa", f"{FIX}:rows_into_empty"], "--property", "test_op_trace",
                     "--forbid-ops", "aten::_scaled_dot_product*,*flash_attention*")

@@ -30,6 +30,7 @@ def test_readme_field_list_matches_the_schema():
     assert block.group(1) == schema_fields_markdown()
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_a_real_report_validates_and_is_readable_by_others(tmp_path):
     out = tmp_path / "rep"
     r = subprocess.run([sys.executable, "-m", "harness", "check", "--impl", "sdpa", "--impl",

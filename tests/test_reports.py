@@ -81,6 +81,7 @@ def real_run(tmp_path_factory):
     return proc, d, report
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_real_run_verdicts(real_run):
     proc, d, report = real_run
     assert proc.returncode == 1, proc.stderr  # missing_scale fails the gate
@@ -90,6 +91,7 @@ def test_real_run_verdicts(real_run):
     assert ("diagnostics", "test_entropy_matches_reference") in bad
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_real_run_diagnostics_stored(real_run):
     _, _, report = real_run
     for impl in report["implementations"]:
@@ -119,6 +121,7 @@ def test_real_run_diagnostics_stored(real_run):
             assert abs(ent["mean_delta"]) < 1e-6 and not ent["flags"]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_real_run_html(real_run):
     _, d, report = real_run
     html = (d / "report.html").read_text()
@@ -141,6 +144,7 @@ def test_real_run_html(real_run):
     assert "<span class=\"flag\">" in missing[missing.index("Mean normalised entropy per head"):]
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_real_run_junit_and_markdown(real_run):
     _, d, report = real_run
     root = ET.parse(d / "junit.xml").getroot()
@@ -333,6 +337,7 @@ def test_every_in_page_link_has_its_target(which):
     assert all(not any(ch.isspace() for ch in i) for i in ids)
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 def test_real_run_links_have_targets(real_run):
     _, d, _ = real_run
     hrefs, ids = _links_and_ids((d / "report.html").read_text())
@@ -465,6 +470,7 @@ needs_chromium = pytest.mark.skipif(
                              "google-chrome): .ci/run installs Debian's chromium where it can")
 
 
+@pytest.mark.slow  # a whole `attn-harness check` run
 @needs_chromium
 def test_renders_in_headless_chromium(real_run, tmp_path):
     """The report.html of the real three-implementation check run, opened by a real browser: the

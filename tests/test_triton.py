@@ -28,7 +28,8 @@ def _triton_problem():
     return None
 
 
-pytestmark = pytest.mark.skipif(_triton_problem() is not None, reason=str(_triton_problem()))
+pytestmark = [pytest.mark.slow,  # Triton's interpreter runs the suites
+              pytest.mark.skipif(_triton_problem() is not None, reason=str(_triton_problem()))]
 
 
 def check(tmp_path, *args, interpret=True):
