@@ -60,7 +60,7 @@ from harness.bench.timing import (CLOCK_DISAGREE_MS, CLOCK_DISAGREE_RATIO, DEFAU
                                   L2_FLUSH_BYTES, SLOW_CALL_S, Workload, _clock, _sync, plan_repeats, time_workload,
                                   timed_loop)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from harness.defaults import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: E402 (the old names, one home)
 
 __all__ = [
     "BACKWARD_FLOP_FACTOR", "BYTES_FORMULA", "CHECK_MAX_SCORES", "CHECK_TIMEOUT_S", "CLOCK_DISAGREE_MS",

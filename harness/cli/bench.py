@@ -14,7 +14,7 @@ import torch
 from harness.bench import find_slowdowns, load_baseline, parse_shapes, render_tables, run_bench, to_markdown
 from harness.cli.usage import usage_error
 from harness.contract import ALL_DTYPES
-from harness.defaults import BACKWARD_FACTOR, EXIT_FAIL, EXIT_OK, FORWARD_FACTOR
+from harness.defaults import BACKWARD_FACTOR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, FORWARD_FACTOR
 
 
 def _cmd_bench(args) -> int:
@@ -77,7 +77,7 @@ def _cmd_bench(args) -> int:
                   backward_factor=args.backward_factor, report=rep, on_result=progress)
     except KeyboardInterrupt:
         sys.stderr.write(f"\ninterrupted: {report_dir / 'report.json'} keeps what finished\n")
-        return 130
+        return EXIT_INTERRUPTED
     if baseline is not None:
         rep["slowdowns"] = find_slowdowns(rep["throughput"], baseline, args.slowdown)
     rep["duration_s"] = round(time.time() - t_start, 2)

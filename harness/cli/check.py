@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.cli.usage import usage_error
-from harness.defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, EXIT_FAIL, EXIT_OK, FORWARD_FACTOR, IMPL_TIMEOUT_S)
+from harness.defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, FORWARD_FACTOR,
+                              IMPL_TIMEOUT_S)
 
 
 class Progress:
@@ -162,7 +163,7 @@ def cmd_check(args) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"\ninterrupted: the report keeps the {len(finished)} finished "
                          f"implementation(s) in {report_dir}\n")
-        return 130
+        return EXIT_INTERRUPTED
     overall = EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
     for k, p in paths.items():
         sys.stderr.write(f"wrote {p}\n")

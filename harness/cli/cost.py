@@ -10,6 +10,7 @@ from harness.calculators import (DEVICES, DTYPE_BYTES, GIB, KV_CACHE_FORMULA, MI
                                   _fmt_count, _fmt_time, attention_cost, bytes_per_element, get_device, get_model,
                                   kv_cache_bytes)
 from harness.cli.usage import usage_error
+from harness.defaults import EXIT_OK
 
 
 def _resolve_shape(args: argparse.Namespace, fields: tuple[str, ...]) -> dict[str, int]:
@@ -54,7 +55,7 @@ def _cmd_kv_cache(args: argparse.Namespace) -> int:
         f"  per token (one sequence) = 2 x {shape['layers']} x {shape['kv_heads']} x "
         f"{shape['head_dim']} x {bpe} = {per_token:,} bytes ({_fmt_bytes(per_token)})"
     )
-    return 0
+    return EXIT_OK
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
@@ -103,7 +104,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     print(f"  decode  bytes: {cost.decode.bytes_formula}")
     print("  intensity = FLOPs / bytes; compute-bound if intensity >= ridge = peak FLOP/s / peak B/s")
     print("  time >= max(FLOPs / peak FLOP/s, bytes / peak B/s)  (roofline lower bound)")
-    return 0
+    return EXIT_OK
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

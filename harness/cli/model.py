@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from harness.cases import DTYPES
 from harness.cli.usage import usage_error
+from harness.defaults import EXIT_FAIL, EXIT_OK
 from harness.model import (_impl, ablation, batch_composition_check, format_ablation, integration_name,
                            load_integration, unavailable)
 
@@ -45,7 +46,7 @@ def _cmd_ablate(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_integration(args) -> int:
@@ -66,9 +67,9 @@ def _cmd_integration(args) -> int:
         res = batch_composition_check(impl, args.dtype, integration=integration, device=args.device)
     except PropertyViolation as e:
         print(f"FAIL batch composition through {name} ({impl.name}, {args.dtype}): {e}")
-        return 1
+        return EXIT_FAIL
     print(f"pass: batch composition through {name} ({impl.name}, {args.dtype}): largest movement "
           f"{res['max_movement']:.3g} (limit {res['limit']:g})")
     for v in res["variants"]:
         print(f"  {v['moved']:.3g}  {v['what']}")
-    return 0
+    return EXIT_OK

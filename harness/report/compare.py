@@ -27,11 +27,12 @@ import datetime as _dt
 import math
 from typing import Optional
 
+from harness.defaults import EXIT_FAIL as EXIT_REGRESSED, EXIT_OK  # noqa: F401 (cli.compare's names)
+from harness.defaults import EXIT_USAGE as EXIT_UNREADABLE  # noqa: F401
 from harness.report import results as R
 from harness.slowdown import slower_by_more_than
 from harness.tiers import enforced
 
-EXIT_OK, EXIT_REGRESSED, EXIT_UNREADABLE = 0, 1, 2
 FAILING = ("fail", "error")
 
 
