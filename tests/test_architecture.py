@@ -119,3 +119,22 @@ def test_domain_modules_hold_no_command_line_code():
                 offenders.append(str(p.relative_to(pkg)))
                 break
     assert not offenders, f"command-line code outside harness/cli/: {offenders}"
+
+
+def test_moved_modules_keep_a_deprecated_alias():
+    import importlib
+    import sys
+    import warnings
+
+    for old, new in (("compare", "compare"), ("html_report", "html"), ("report_model", "model"),
+                     ("report_writer", "writer")):
+        sys.modules.pop(f"harness.{old}", None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            alias = importlib.import_module(f"harness.{old}")
+        assert any(issubclass(w.category, DeprecationWarning) and f"harness.report.{new}" in str(w.message)
+                   for w in caught), old
+        moved = importlib.import_module(f"harness.report.{new}")
+        public = [n for n in vars(moved) if not n.startswith("_") and getattr(moved, n).__class__.__name__ == "function"
+                  and getattr(moved, n).__module__ == moved.__name__]
+        assert public and all(getattr(alias, n) is getattr(moved, n) for n in public), old
