@@ -1,5 +1,5 @@
 """Writes a run's reports: report.json, report.md, report.html and JUnit. It sits above every
-renderer (:mod:`harness.report` for Markdown/JUnit, :mod:`harness.html_report` for HTML), so no
+renderer (:mod:`harness.report.markdown`, :mod:`harness.report.junit`, :mod:`harness.report.html`), so no
 renderer imports the writer and a rendering failure is reported, never swallowed."""
 
 from __future__ import annotations
