@@ -378,6 +378,6 @@ def test_run_one_merges_shards_in_suite_order_and_sums_the_progress(monkeypatch,
     out = R.run_one(opts(suites=suites, shards=2), "sdpa", tmp_path / "log.txt", seen.append)
     order = [r["suite"] for r in out["results"]]
     assert sorted(order, key=suites.index) == order and len(order) == len(suites)
-    assert seen[-1] == {"collected": 5} or {"collected": 5} in seen
+    assert {"collected": 5} in seen
     assert out["problem"] == "crashed" and out["problem_recorded"] and out["returncode"] == -11
     assert len(out["commands"]) == 2 and "shard 2/2" in (tmp_path / "log.txt").read_text()

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from harness.cli.usage import usage_error  # noqa: F401 (the one usage-error helper)
+from harness.cli.usage import UsageError, usage_error
 from harness.defaults import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
 # Modules that add their own subcommands through register(subparsers).
 SUBCOMMAND_MODULES = ("harness.cli.cost", "harness.cli.compare", "harness.cli.bench", "harness.cli.model")
@@ -48,7 +48,10 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        return usage_error(str(e), e.command)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ from pathlib import Path
 import torch
 
 from harness.bench import find_slowdowns, load_baseline, parse_shapes, render_tables, run_bench, to_markdown
-from harness.cli.usage import usage_error
+from harness.cli.usage import load_specs, usage_error
 from harness.contract import ALL_DTYPES
 from harness.defaults import BACKWARD_FACTOR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, FORWARD_FACTOR
 
 
 def _cmd_bench(args) -> int:
     from harness import report as R
-    from harness.contract import LoadError
-    from harness.loading import load_all
 
     def usage(msg):
         return usage_error(msg, "bench")
@@ -44,12 +42,7 @@ def _cmd_bench(args) -> int:
             baseline = load_baseline(args.baseline)
         except (OSError, ValueError) as e:
             return usage(f"--baseline: {e}")
-    try:
-        impls = load_all(args.impl)
-    except LoadError as e:
-        if args.traceback:
-            raise
-        return usage(str(e))
+    impls = load_specs(args.impl, args.traceback, "bench")
     report_dir = Path(args.report_dir or Path("reports") / ("bench-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
     options = {"device": args.device, "dtype": dtype, "dtypes": [dtype], "shapes": args.shapes or "default",
                "backward": args.backward, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,

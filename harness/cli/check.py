@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.cli.usage import usage_error
+from harness.cli.usage import load_specs, usage_error
 from harness.defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, FORWARD_FACTOR,
                               IMPL_TIMEOUT_S)
 
@@ -77,8 +77,6 @@ def cmd_list(args) -> int:
 def cmd_check(args) -> int:
     from harness import report as R
     from harness.report import writer as report_writer
-    from harness.contract import LoadError
-    from harness.loading import load_all
     from harness.runner import CheckOptions, available_suites, run_one, shard_count
 
     if not args.impl:
@@ -109,12 +107,7 @@ def cmd_check(args) -> int:
 
         if not torch.cuda.is_available():
             return usage_error("--device cuda, but CUDA is not available on this machine")
-    try:
-        impls = load_all(args.impl)
-    except LoadError as e:
-        if args.traceback:
-            raise
-        return usage_error(str(e))
+    impls = load_specs(args.impl, args.traceback)
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
                         suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,
