@@ -111,6 +111,11 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
            "--attn-profile", opts.profile, "--attn-progress", "--attn-call-timeout", str(opts.call_timeout),
            "--attn-forward-factor", str(opts.forward_factor), "--attn-backward-factor", str(opts.backward_factor),
            "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning",
+           # No assertion rewriting: pytest rewrites every module of every pytest11 plugin's
+           # distribution (all of hypothesis, all of harness) on import, and with
+           # PYTHONDONTWRITEBYTECODE nothing is cached, so each suite process paid about 2 s for it.
+           # The properties build their own failure messages; none relies on assert introspection.
+           "--assert=plain",
            # The suites live inside the installed package: don't let a project's own config
            # (rootdir, addopts, testpaths) change how they run.
            "-c", os.devnull, "--rootdir", str(sd)]
@@ -202,11 +207,16 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
     return proc.returncode, bool(timed_out), running, done_ids
 
 
-# Seconds per suite for torch SDPA in float32 at the default profile (measured on the 2-core
-# machine): only the balance between shards depends on them.
-SUITE_WEIGHTS = {"padding": 10.4, "correctness": 9.5, "boundaries": 8.6, "stability": 7.1, "decode": 6.8,
-                 "normalization": 6.2, "causal": 5.9, "integrity": 5.8, "backward": 4.7, "regions": 3.8,
-                 "isolation": 3.5}
+# Seconds per suite for torch SDPA, all three CPU dtypes, per profile (measured on the 2-core
+# machine): only the balance between shards depends on them. The quick profile's costs are
+# shaped differently (its fixed costs, the profiler and the gradient checks, weigh more).
+SUITE_WEIGHTS = {"correctness": 6.3, "stability": 6.2, "padding": 5.4, "normalization": 4.0, "boundaries": 4.0,
+                 "causal": 3.4, "backward": 3.4, "decode": 3.4, "regions": 2.9, "integrity": 2.1, "isolation": 1.9}
+PROFILE_SUITE_WEIGHTS = {
+    "default": SUITE_WEIGHTS,
+    "quick": {"integrity": 2.5, "correctness": 2.5, "boundaries": 1.9, "backward": 1.8, "stability": 1.7,
+              "padding": 1.5, "decode": 1.5, "causal": 1.3, "normalization": 1.1, "regions": 0.9, "isolation": 0.6},
+}
 
 
 def available_cores() -> int:
@@ -227,15 +237,16 @@ def shard_count(requested: int, device: str, parallel_impls: int = 1) -> int:
     return 2 if available_cores() >= 2 * max(1, parallel_impls) else 1
 
 
-def shard_suites(suites: list, n: int) -> list:
+def shard_suites(suites: list, n: int, profile: str = "default") -> list:
     """``suites`` in ``n`` groups of about equal time (longest first into the lightest group),
     each in the original order. Fewer groups when there are fewer suites."""
+    weights = PROFILE_SUITE_WEIGHTS.get(profile, SUITE_WEIGHTS)
     groups: list = [[] for _ in range(max(1, min(n, len(suites))))]
     load = [0.0] * len(groups)
-    for s in sorted(suites, key=lambda s: -SUITE_WEIGHTS.get(s, 1.0)):
+    for s in sorted(suites, key=lambda s: -weights.get(s, 0.1)):
         i = load.index(min(load))
         groups[i].append(s)
-        load[i] += SUITE_WEIGHTS.get(s, 1.0)
+        load[i] += weights.get(s, 0.1)
     return [[s for s in suites if s in g] for g in groups if g]
 
 
@@ -250,7 +261,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
     A crash (a segfault inside a compiled kernel) costs the property in flight, not the rest:
     the property becomes an ``error`` with its repro, and a new process resumes after it."""
     suites = list(opts.suites or default_suites())
-    groups = shard_suites(suites, opts.shards) if opts.shards > 1 else [suites]
+    groups = shard_suites(suites, opts.shards, opts.profile) if opts.shards > 1 else [suites]
     if len(groups) == 1:
         return _run_processes(opts, spec, log_path, on_progress)
     import dataclasses

@@ -381,3 +381,18 @@ def test_run_one_merges_shards_in_suite_order_and_sums_the_progress(monkeypatch,
     assert {"collected": 5} in seen
     assert out["problem"] == "crashed" and out["problem_recorded"] and out["returncode"] == -11
     assert len(out["commands"]) == 2 and "shard 2/2" in (tmp_path / "log.txt").read_text()
+
+
+def test_quick_profile_shards_balance_by_its_own_weights():
+    suites = R.default_suites()
+    w = R.PROFILE_SUITE_WEIGHTS["quick"]
+    load = [sum(w.get(s, 0.1) for s in g) for g in R.shard_suites(suites, 2, "quick")]
+    assert max(load) - min(load) <= max(w.values())
+    assert R.shard_suites(suites, 2, "no-such-profile") == R.shard_suites(suites, 2)
+
+
+def test_suite_process_skips_assertion_rewriting():
+    # Rewriting every module of hypothesis and harness cost each suite process ~2 s when
+    # PYTHONDONTWRITEBYTECODE keeps pytest from caching it; no property needs assert introspection.
+    cmd = R._pytest_command(R.CheckOptions(specs=["sdpa"]), "sdpa")
+    assert "--assert=plain" in cmd
