@@ -106,7 +106,7 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
     sd = suites_dir()
     suites = opts.suites or default_suites()
     files = [str(sd / f"test_{s}.py") for s in suites]
-    cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q", "--no-header",
+    cmd = [sys.executable, "-m", "harness.suite_process", *files, "-p", "no:cacheprovider", "-q", "--no-header",
            "-rN", "--tb=short", "--attn-impl", absolute_spec(spec), "--attn-device", opts.device,
            "--attn-profile", opts.profile, "--attn-progress", "--attn-call-timeout", str(opts.call_timeout),
            "--attn-forward-factor", str(opts.forward_factor), "--attn-backward-factor", str(opts.backward_factor),
@@ -116,6 +116,9 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
            # PYTHONDONTWRITEBYTECODE nothing is cached, so each suite process paid about 2 s for it.
            # The properties build their own failure messages; none relies on assert introspection.
            "--assert=plain",
+           # pytest's unraisable-exception check collects garbage five times at exit, 0.7 s with
+           # torch's heap; a kernel's unraisable exception (in a __del__) is not a property.
+           "-p", "no:unraisableexception",
            # The suites live inside the installed package: don't let a project's own config
            # (rootdir, addopts, testpaths) change how they run.
            "-c", os.devnull, "--rootdir", str(sd)]
@@ -158,7 +161,7 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
     the property in flight when it ended, the node ids it finished in order)."""
     import threading
 
-    # Its own empty working directory: `python -m pytest` puts the working directory first on
+    # Its own empty working directory: `python -m` puts the working directory first on
     # sys.path, and in a clone's root that is the checkout's harness/, not the installed one.
     workdir = tempfile.mkdtemp(prefix="attn-harness-")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
