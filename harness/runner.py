@@ -102,11 +102,17 @@ def suite_environment(opts: "CheckOptions") -> dict:
     return env
 
 
+def suite_entry() -> list:
+    """How a suite process starts: pytest, minus interpreter shutdown (see :mod:`harness.suite_process`).
+    What follows it in a command is pytest's own command line."""
+    return [sys.executable, "-m", "harness.suite_process"]
+
+
 def _pytest_command(opts: CheckOptions, spec: str) -> list:
     sd = suites_dir()
     suites = opts.suites or default_suites()
     files = [str(sd / f"test_{s}.py") for s in suites]
-    cmd = [sys.executable, "-m", "harness.suite_process", *files, "-p", "no:cacheprovider", "-q", "--no-header",
+    cmd = [*suite_entry(), *files, "-p", "no:cacheprovider", "-q", "--no-header",
            "-rN", "--tb=short", "--attn-impl", absolute_spec(spec), "--attn-device", opts.device,
            "--attn-profile", opts.profile, "--attn-progress", "--attn-call-timeout", str(opts.call_timeout),
            "--attn-forward-factor", str(opts.forward_factor), "--attn-backward-factor", str(opts.backward_factor),
@@ -156,16 +162,20 @@ def _signal_problem(rc: int, timed_out: bool) -> str:
 
 
 def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: list,
-             on_progress: Optional[Callable[[dict], None]]) -> tuple:
-    """One pytest process; streams results into ``results``. Returns (returncode, timed_out,
-    the property in flight when it ended, the node ids it finished in order)."""
+             on_progress: Optional[Callable[[dict], None]], launcher=None) -> tuple:
+    """One pytest process (forked by ``launcher``, a :class:`harness.launcher.ForkServer`, when
+    given and alive, else started); streams results into ``results``. Returns (returncode,
+    timed_out, the property in flight when it ended, the node ids it finished in order)."""
     import threading
 
     # Its own empty working directory: `python -m` puts the working directory first on
     # sys.path, and in a clone's root that is the checkout's harness/, not the installed one.
     workdir = tempfile.mkdtemp(prefix="attn-harness-")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            bufsize=1, cwd=workdir)
+    entry = suite_entry()
+    proc = launcher.spawn(cmd[len(entry):], workdir) if launcher is not None and cmd[:len(entry)] == entry else None
+    if proc is None:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                bufsize=1, cwd=workdir)
     timed_out: list = []
 
     def killer():
@@ -211,14 +221,16 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
 
 
 # Seconds per suite for torch SDPA, all three CPU dtypes, per profile (measured on the 2-core
-# machine): only the balance between shards depends on them. The quick profile's costs are
-# shaped differently (its fixed costs, the profiler and the gradient checks, weigh more).
-SUITE_WEIGHTS = {"correctness": 6.3, "stability": 6.2, "padding": 5.4, "normalization": 4.0, "boundaries": 4.0,
-                 "causal": 3.4, "backward": 3.4, "decode": 3.4, "regions": 2.9, "integrity": 2.1, "isolation": 1.9}
+# machine, one forked suite process, from the gaps between streamed results): only the balance
+# between shards depends on them. The quick profile's costs are shaped differently (its fixed
+# costs, the profiler and the gradient checks, weigh more).
+SUITE_WEIGHTS = {"correctness": 3.3, "stability": 2.8, "padding": 2.5, "boundaries": 1.9, "regions": 1.8,
+                 "normalization": 1.8, "backward": 1.7, "decode": 1.45, "integrity": 1.25, "causal": 1.2,
+                 "isolation": 0.7, "strict": 0.3}
 PROFILE_SUITE_WEIGHTS = {
     "default": SUITE_WEIGHTS,
-    "quick": {"integrity": 2.5, "correctness": 2.5, "boundaries": 1.9, "backward": 1.8, "stability": 1.7,
-              "padding": 1.5, "decode": 1.5, "causal": 1.3, "normalization": 1.1, "regions": 0.9, "isolation": 0.6},
+    "quick": {"integrity": 1.2, "correctness": 1.1, "backward": 0.8, "stability": 0.75, "boundaries": 0.75,
+              "decode": 0.7, "padding": 0.65, "normalization": 0.45, "isolation": 0.4, "regions": 0.4, "causal": 0.3},
 }
 
 
@@ -258,7 +270,7 @@ def shard_suites(suites: list, n: int, profile: str = "default") -> list:
 
 
 def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
-            on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+            on_progress: Optional[Callable[[dict], None]] = None, launcher=None) -> dict:
     """Run the suites for one implementation; returns {"results": [...], "returncode", "log",
     "duration_s", "problem", "problem_recorded" (the problem is already a result)}.
 
@@ -266,11 +278,14 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
     come back in suite order, as from one process.
 
     A crash (a segfault inside a compiled kernel) costs the property in flight, not the rest:
-    the property becomes an ``error`` with its repro, and a new process resumes after it."""
+    the property becomes an ``error`` with its repro, and a new process resumes after it.
+
+    ``launcher`` (:func:`harness.launcher.start`) forks the processes from one that has imported
+    torch already; without it each is started afresh."""
     suites = list(opts.suites or default_suites())
     groups = shard_suites(suites, opts.shards, opts.profile) if opts.shards > 1 else [suites]
     if len(groups) == 1:
-        return _run_processes(opts, spec, log_path, on_progress)
+        return _run_processes(opts, spec, log_path, on_progress, launcher)
     import dataclasses
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -292,7 +307,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
 
     with ThreadPoolExecutor(max_workers=len(groups)) as ex:
         parts = list(ex.map(lambda ig: _run_processes(dataclasses.replace(opts, suites=ig[1], shards=1), spec, None,
-                                                      progress_of(ig[0])), enumerate(groups)))
+                                                      progress_of(ig[0]), launcher), enumerate(groups)))
     order = {s: n for n, s in enumerate(suites)}
     results = sorted((r for p in parts for r in p["results"]), key=lambda r: order.get(r.get("suite"), len(order)))
     log = "".join(f"=== shard {n + 1}/{len(parts)}: {' '.join(p['command'])}\n\n{p['log']}\n"
@@ -308,7 +323,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
 
 
 def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
-                   on_progress: Optional[Callable[[dict], None]]) -> dict:
+                   on_progress: Optional[Callable[[dict], None]], launcher=None) -> dict:
     """One suite process for ``opts.suites``, restarted after each crash (see :func:`run_one`)."""
     base_cmd = _pytest_command(opts, spec)
     t0 = time.time()
@@ -328,7 +343,7 @@ def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
             log_lines.append(f"\n--- restarted after a crash (restart {attempt}), resuming after {len(skip_ids)} "
                              f"finished or crashed properties ---\n")
         n_before = len(results)
-        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, on_progress)
+        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, on_progress, launcher)
         history += [f"{r['suite']}::{r['property']}" for r in results[n_before:]]
         skip_ids += done_ids
         if timed_out:

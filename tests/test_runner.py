@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -215,7 +216,7 @@ class FakeAttempts:
         self.outcomes = list(outcomes)
         self.cmds = []
 
-    def __call__(self, cmd, env, deadline, log_lines, results, on_progress):
+    def __call__(self, cmd, env, deadline, log_lines, results, on_progress, launcher=None):
         self.cmds.append(cmd)
         rc, timed_out, running, finished = self.outcomes.pop(0)
         for _, res in finished:
@@ -267,7 +268,7 @@ def test_run_one_stops_restarting_a_kernel_that_always_crashes(monkeypatch):
     n = iter(range(100))
 
     class Always(FakeAttempts):
-        def __call__(self, cmd, env, deadline, log_lines, results, on_progress):
+        def __call__(self, cmd, env, deadline, log_lines, results, on_progress, launcher=None):
             self.cmds.append(cmd)
             return -11, False, {**RUNNING, "nodeid": f"id{next(n)}"}, []
 
@@ -295,7 +296,7 @@ def test_run_one_does_not_resume_after_a_timeout_or_an_outside_signal(monkeypatc
 
 def test_run_one_reports_a_pytest_failure_without_a_property_in_flight(monkeypatch):
     class Usage(FakeAttempts):
-        def __call__(self, cmd, env, deadline, log_lines, results, on_progress):
+        def __call__(self, cmd, env, deadline, log_lines, results, on_progress, launcher=None):
             self.cmds.append(cmd)
             log_lines.append("ERROR: unrecognized arguments: --attn-bogus\n")
             return 4, False, {}, []
@@ -364,7 +365,7 @@ def test_shard_count_auto_only_spares_cores(monkeypatch):
 def test_run_one_merges_shards_in_suite_order_and_sums_the_progress(monkeypatch, tmp_path):
     seen = []
 
-    def fake(o, spec, log_path, on_progress):
+    def fake(o, spec, log_path, on_progress, launcher=None):
         assert o.shards == 1 and log_path is None
         on_progress({"collected": len(o.suites)})
         res = [{"suite": s, "property": "p", "status": "pass"} for s in reversed(o.suites)]
@@ -396,3 +397,24 @@ def test_suite_process_skips_assertion_rewriting():
     # PYTHONDONTWRITEBYTECODE keeps pytest from caching it; no property needs assert introspection.
     cmd = R._pytest_command(R.CheckOptions(specs=["sdpa"]), "sdpa")
     assert "--assert=plain" in cmd
+    # ...and none could: a bare assert in a property would fail with an empty message under it.
+    import ast
+
+    bare = [f"{p.name}:{n.lineno}" for p in sorted(R.suites_dir().glob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Assert)]
+    assert bare == [], f"assert statements in the suites (their message needs rewriting): {bare}"
+
+
+def test_suite_process_skips_what_costs_time_at_its_end():
+    # pytest's unraisable-exception check ran gc.collect() five times at exit (0.7 s with torch's
+    # heap) and interpreter shutdown took another 0.7 s, after the last result had streamed.
+    cmd = R._pytest_command(R.CheckOptions(specs=["sdpa"]), "sdpa")
+    assert cmd[cmd.index("no:unraisableexception") - 1] == "-p"
+    assert cmd[:3] == [sys.executable, "-m", "harness.suite_process"]
+
+
+def test_suite_process_is_pytest_with_its_exit_code_and_all_its_output(tmp_path):
+    (tmp_path / "test_p.py").write_text("def test_a():\n    print('OUT', flush=False)\n\ndef test_b():\n    raise ValueError\n")
+    r = subprocess.run([*R.suite_entry(), str(tmp_path / "test_p.py"), "-q", "-s", "-p", "no:cacheprovider", "-c", os.devnull,
+                        "--rootdir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and "OUT" in r.stdout and "1 failed, 1 passed" in r.stdout, r.stdout + r.stderr

@@ -9,16 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from harness.bench import find_slowdowns, load_baseline, parse_shapes, render_tables, run_bench, to_markdown
 from harness.cli.usage import load_specs, usage_error
 from harness.contract import ALL_DTYPES
 from harness.defaults import BACKWARD_FACTOR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, FORWARD_FACTOR
 
 
 def _cmd_bench(args) -> int:
+    # torch is imported here, not at module level: every subcommand builds this parser, and
+    # `check` starts its suite launcher before paying for torch.
+    import torch
+
     from harness import report as R
+    from harness.bench import find_slowdowns, load_baseline, parse_shapes, render_tables, run_bench, to_markdown
 
     def usage(msg):
         return usage_error(msg, "bench")

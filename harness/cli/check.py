@@ -75,9 +75,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from harness import report as R
-    from harness.report import writer as report_writer
-    from harness.runner import CheckOptions, available_suites, run_one, shard_count
+    from harness.runner import CheckOptions, available_suites
 
     if not args.impl:
         return usage_error("give at least one --impl SPEC (see `attn-harness list`)")
@@ -107,6 +105,24 @@ def cmd_check(args) -> int:
 
         if not torch.cuda.is_available():
             return usage_error("--device cuda, but CUDA is not available on this machine")
+    from harness import launcher as L
+    from harness.runner import suite_environment
+
+    # Started before the implementations are loaded: the server imports torch on one core while
+    # this process imports it (to load them) on the other.
+    server = L.start(suite_environment(CheckOptions(specs=[], triton_interpret=args.triton_interpret)), args.device)
+    try:
+        return _check(args, dtypes, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _check(args, dtypes, server) -> int:
+    from harness import report as R
+    from harness.report import writer as report_writer
+    from harness.runner import CheckOptions, run_one, shard_count
+
     impls = load_specs(args.impl, args.traceback)
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
@@ -135,7 +151,7 @@ def cmd_check(args) -> int:
         progress = Progress(force_plain=args.jobs > 1)
         progress.reset(impl.name, n, len(impls))
         log = report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt"
-        res = run_one(opts, impl.spec, log, progress)
+        res = run_one(opts, impl.spec, log, progress, server)
         entry = _implementation_entry(impl, res, args, options, log)
         with lock:
             finished[n] = entry

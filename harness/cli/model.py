@@ -3,11 +3,12 @@ on the command line."""
 
 from __future__ import annotations
 
-from harness.cases import DTYPES
 from harness.cli.usage import usage_error
 from harness.defaults import EXIT_FAIL, EXIT_OK
-from harness.model import (_impl, ablation, batch_composition_check, format_ablation, integration_name,
-                           load_integration, unavailable)
+
+# The names only: every subcommand builds this parser, and harness.model imports torch (see
+# harness.cli.bench). float64 as harness.cases.DTYPES has it.
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def register(subparsers) -> None:
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
 def _cmd_ablate(args) -> int:
     import json
     from harness.contract import LoadError
+    from harness.model import _impl, ablation, format_ablation, unavailable
 
     why = unavailable()
     if why:
@@ -53,6 +55,7 @@ def _cmd_integration(args) -> int:
     """Exit 0: the embedding of the probe sentence does not depend on its batch; 1: it does (the
     diagnosis is printed); 2: usage or loading error."""
     from harness.contract import LoadError
+    from harness.model import _impl, batch_composition_check, integration_name, load_integration, unavailable
     from harness.probes import PropertyViolation
 
     why = unavailable()
