@@ -94,6 +94,26 @@ def apply_layout(spec: str, q, k, v, attn_mask):
     return q, k, v, attn_mask, gqa
 
 
+# Past 2^15 keys one key's weight is ~1/S, far below any tolerance: a kernel that drops, wraps or
+# mis-masks a handful of keys at an index-width boundary would still match the reference. So in
+# a case this long the keys at the boundaries (and the first and last keys) carry marker values: each owns
+# an output column (a one-hot value of MARKER_VALUE) and every other key's value is zero. A row's
+# output is then its markers' weights alone, and losing one changes that column by all of itself,
+# which even bfloat16's few-ulps floor sees (the floor is measured at the row's value scale, and
+# random values there would set it 60x higher than one marker's share).
+MARKED_FROM_S = 2 ** 15
+BOUNDARY_KEYS = (2 ** 15 - 1, 2 ** 15, 2 ** 15 + 1, 2 ** 16 - 1, 2 ** 16, 2 ** 16 + 1)
+MARKER_VALUE = 64.0
+
+
+def marked_keys(S: int) -> list:
+    """The key positions that carry marker values in a case with ``S`` keys (none below 2^15)."""
+    if S < MARKED_FROM_S:
+        return []
+    # Key 0 too: under a causal mask the few queries read only the first keys.
+    return sorted({p for p in BOUNDARY_KEYS if p < S} | {0, S - 1})
+
+
 @dataclass(frozen=True)
 class Case:
     B: int = 1
@@ -154,6 +174,8 @@ class Case:
             extra.append(f"real MiniLM activations, layer {self.activations}")
         if self.layout != "contiguous":
             extra.append(f"layout {self.layout}")
+        if self.activations is None and marked_keys(self.S):
+            extra.append(f"values zero but one-hot markers at keys {','.join(map(str, marked_keys(self.S)))}")
         return (f"B={self.B} H={self.H} L={self.L} S={self.S} E={self.E} Ev={self.Ev} {self.dtype} "
                 f"{self.policy} via {m}" + (" " + " ".join(extra) if extra else "") + f" seed={self.seed}")
 
@@ -181,6 +203,11 @@ class Case:
             # Logits ~ magnitude: q.k has spread sqrt(E); the softmax scale divides that back out.
             sc = self.scale if self.scale is not None else 1.0 / math.sqrt(self.E)
             q = q * (self.magnitude / (sc * math.sqrt(self.E)))
+            marked = marked_keys(self.S)
+            if marked:
+                v.zero_()
+                for i, pos in enumerate(marked):
+                    v[:, :, pos, i % self.Ev] = MARKER_VALUE
         visible = self.visible()
         mask = self._mask_tensor(visible, dt)
         dev = self.device

@@ -101,6 +101,7 @@ def test_generators_reach_head_dims_tails_and_layouts():
     ("stride0_kv_tail", Case(B=1, H=2, Hkv=1, L=3, S=33, layout="kv=broadcast")),
     ("assumes_right_padding", Case(B=2, L=3, S=6, policy="key_visible(6, [[[3, 6]], [[0, 6]]])", mask="bool", mask_shape="B11S")),
     ("int16_positions", Case(L=2, S=32769, E=8, Ev=8)),
+    ("drops_keys_past_65536", Case(L=2, S=65537, E=8, Ev=8)),
     ("head_dim_truncated_128", Case(L=3, S=4, E=192, Ev=128)),
     ("grid_wraps_65535", Case(B=256, H=256, Hkv=256, L=1, S=2, E=4, Ev=4)),
     ("half_path_drops_float_mask", Case(B=2, L=3, S=5, policy="key_padding([2, 5])", mask="float", mask_shape="B11S")),
