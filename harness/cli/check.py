@@ -220,7 +220,7 @@ def register(sub) -> None:
                    help="comma-separated, e.g. float32,bfloat16 (default: every dtype the implementation "
                         "declares among float32, bfloat16, float16)")
     c.add_argument("--profile", default="default", choices=("quick", "default", "thorough"),
-                   help="quick (about 16 s per implementation, three dtypes, 2 CPU cores), default (about 30 s), "
+                   help="quick (about 7 s per implementation, three dtypes, 2 CPU cores), default (about 15 s), "
                         "thorough (nightly)")
     c.add_argument("--suite", action="append", default=None, metavar="NAME",
                    help="run only this suite (repeatable; see `attn-harness list`)")
