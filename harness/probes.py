@@ -162,6 +162,27 @@ def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=..
     return out
 
 
+def call_kept(impl: Implementation, inp: Inputs, **kw) -> torch.Tensor:
+    """:func:`call`, with the output copied out of the kernel's hands: the "before" side of a
+    perturbation comparison. A kernel that returns one storage every call (a CUDA graph's static
+    output, a reused buffer) would otherwise overwrite it with the perturbed answer, and "bitwise
+    unchanged" would hold for any leak. (Called in the same grad mode as the call it is compared
+    with: a kernel may take another path under no_grad.)"""
+    return call(impl, inp, **kw).detach().clone()
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t):
+        start = t.storage_offset() * t.element_size()
+        return start, start + (1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
 def effective_weights(impl: Implementation, inp: Inputs) -> torch.Tensor:
     """The weights the kernel actually applied, (B, H, L, S) in float64, read off by feeding
     one-hot values: with V = identity columns, output column c is the weight of key c. Works on
@@ -262,7 +283,12 @@ def perturb_keys(inp: Inputs, keys: torch.Tensor, how: str, seed: int = 0):
 
 
 def assert_rows_unchanged(before: torch.Tensor, after: torch.Tensor, rows: torch.Tensor, what: str):
-    """Bitwise equality on the selected (B, H, L) rows; NaN == NaN counts as unchanged."""
+    """Bitwise equality on the selected (B, H, L) rows; NaN == NaN counts as unchanged.
+    ``before`` must come from :func:`call_kept`: compared with memory the second call wrote, any
+    change would read as none."""
+    if _shares_memory(before, after):
+        raise ValueError("assert_rows_unchanged: 'before' shares memory with 'after' (the kernel returned the same "
+                         "storage twice); take 'before' with probes.call_kept")
     a, b = before.detach(), after.detach()
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
     bad = rows & ~same.all(dim=-1)

@@ -47,7 +47,7 @@ def test_policy_perturbation_invariance(target, case, which, how):
     target.require_mask()
     case = target.fit(case)
     inp = case.materialize()
-    out0 = probes.call(target.impl, inp)
+    out0 = probes.call_kept(target.impl, inp)
     checks = []
     seg = _segment_keys(inp, which)
     if seg is not None:
@@ -112,7 +112,7 @@ def test_delimiters_obey_policy(target, case, how):
     inp = case.materialize()
     turns = eval(case.policy[len("chat_roles("):-1].replace("null", "None"))  # JSON list of [role, n]
     roles = [r for r, n in turns for _ in range(n)]
-    out0 = probes.call(target.impl, inp)
+    out0 = probes.call_kept(target.impl, inp)
     system = torch.tensor([r == "system" for r in roles])
     untrusted = torch.tensor([r in ("tool", "retrieved") for r in roles])
     untrusted |= torch.tensor([r == "delim" and bool(untrusted[i + 1]) if i + 1 < len(roles) else False

@@ -23,7 +23,7 @@ def test_batch_isolation(target, case, which):
     case = target.fit(case)
     inp = case.materialize()
     bp = which % case.B
-    out0 = probes.call(target.impl, inp)
+    out0 = probes.call_kept(target.impl, inp)
     g = torch.Generator().manual_seed(case.seed + 1)
     q, k, v = (t.clone() for t in (inp.q, inp.k, inp.v))
     for t in (q, k, v):
@@ -45,7 +45,7 @@ def test_head_isolation(target, case, which):
     inp = case.materialize()
     group = case.H // case.Hkv
     g_ = which % case.Hkv
-    out0 = probes.call(target.impl, inp)
+    out0 = probes.call_kept(target.impl, inp)
     gen = torch.Generator().manual_seed(case.seed + 2)
     k, v = inp.k.clone(), inp.v.clone()
     for t in (k, v):

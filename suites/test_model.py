@@ -119,7 +119,7 @@ def test_real_padding_content_invariance(target):
         inp = _layer_inputs(target, data, layer, kind)
         keys = ~inp.kv_visible().any(dim=2)
         rows = probes.blocked_rows(inp, keys)
-        out0 = probes.call(target.impl, inp)
+        out0 = probes.call_kept(target.impl, inp)
         for how in ("random", "huge", "adversarial"):
             k, v = probes.perturb_keys(inp, keys, how, seed=layer)
             probes.assert_rows_unchanged(out0, probes.call(target.impl, inp, k=k, v=v), rows,
@@ -144,7 +144,7 @@ def test_real_causal(target):
     data = _fixture()
     for layer in range(data["q"].shape[0]):
         inp = _layer_inputs(target, data, layer, "is_causal")
-        out0 = probes.call(target.impl, inp)
+        out0 = probes.call_kept(target.impl, inp)
         probes.judge(target, out0, inp, what=f"layer {layer} real activations, is_causal")
         S = inp.k.shape[2]
         cut = S // 2

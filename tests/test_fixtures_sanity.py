@@ -245,7 +245,7 @@ def _trigger(name, gen):
     elif name == "transposed_mask":
         q, k, v = _inputs((2, 4, 2, 9, 9, 8, 8), gen)
         kw["attn_mask"] = torch.rand(9, 9, generator=gen) > 0.5
-    elif name in ("causal_leaks_next", "causal_blocks_self", "coarse_block_mask"):
+    elif name in ("causal_leaks_next", "causal_leak_in_static_buffer", "causal_blocks_self", "coarse_block_mask"):
         q, k, v = _inputs((2, 4, 2, 20, 20, 8, 8), gen)
         kw["is_causal"] = True
     elif name == "causal_bottom_right":

@@ -397,3 +397,28 @@ def test_compare_output_ignores_rows_without_keys_unless_declared_zero():
     assert not probes.compare_output(out, inp, Capabilities(), 2.0).ok
     assert probes.compare_output(out, inp, Capabilities(fully_masked_rows="uniform"), 2.0).ok
     assert probes.compare_output(out, inp, Capabilities(fully_masked_rows=None), 2.0).ok
+
+
+def test_perturbation_before_side_survives_a_kernel_that_reuses_its_output():
+    # One static buffer per shape (a CUDA graph's output) plus a causal leak: kept with call_kept,
+    # the first answer is still there to compare; taken with call, it is the second answer.
+    leaky = impl(planted.causal_leak_in_static_buffer, "leaky-static")
+    inp = Case(L=5, S=5, policy="causal()", mask="is_causal").materialize()
+    future = torch.zeros(5, dtype=torch.bool)
+    future[3:] = True
+    rows = torch.zeros(1, 1, 5, dtype=torch.bool)
+    rows[..., 0:2] = True  # rows 0 and 1 must not read keys 3, 4; row 2 reads key 3 through the leak
+    rows[..., 2] = True
+    k, v = probes.perturb_keys(inp, future, "random")
+    before = probes.call_kept(leaky, inp)
+    with pytest.raises(probes.PropertyViolation, match="rows that must not depend on it changed"):
+        probes.assert_rows_unchanged(before, probes.call(leaky, inp, k=k, v=v), rows, "future")
+    aliased = probes.call(leaky, inp)
+    with pytest.raises(ValueError, match="call_kept"):  # the harness's own misuse is loud, not a pass
+        probes.assert_rows_unchanged(aliased, probes.call(leaky, inp, k=k, v=v), rows, "future")
+    # A correct kernel that reuses its buffer is not failed by the comparison itself.
+    from harness.fixtures import integrity
+
+    static = impl(integrity.static_output_buffer, "static")
+    before = probes.call_kept(static, inp)
+    probes.assert_rows_unchanged(before, probes.call(static, inp, k=k, v=v), rows, "future")
