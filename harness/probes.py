@@ -196,7 +196,7 @@ def effective_weights(impl: Implementation, inp: Inputs) -> torch.Tensor:
         v[:, :, s0 + idx, idx] = 1
         with torch.no_grad():
             out = call(impl, inp, v=v)
-        cols.append(out[..., :n].to(torch.float64))
+        cols.append(out[..., :n].to(torch.float64, copy=True))  # a copy: the next call may reuse the storage
     return torch.cat(cols, dim=-1)
 
 
