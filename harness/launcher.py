@@ -49,8 +49,7 @@ def usable(device: str) -> bool:
 class Child:
     """A forked suite process, with the part of :class:`subprocess.Popen` the runner uses."""
 
-    def __init__(self, server: "ForkServer", stdout_fd: int):
-        self._server = server
+    def __init__(self, stdout_fd: int):
         self.stdout = os.fdopen(stdout_fd, "r", buffering=1, errors="replace")
         self.pid: Optional[int] = None
         self.returncode: Optional[int] = None
@@ -101,7 +100,7 @@ class ForkServer:
         """A child running ``pytest argv`` in ``cwd``; None if the server is gone (start one
         the ordinary way then)."""
         r, w = os.pipe()
-        child = Child(self, r)
+        child = Child(r)
         try:
             with self._lock:
                 with self._reply:

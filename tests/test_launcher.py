@@ -126,3 +126,7 @@ def test_building_the_command_line_imports_no_torch():
                         "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"],
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    from harness import cases
+    from harness.cli import model
+
+    assert model.DTYPES == tuple(cases.DTYPES)  # the parser's names, kept without importing torch
