@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -103,9 +103,13 @@ def _deadline(seconds: float, name: str):
 
 
 def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=...,
-         timeout: Optional[float] = None, allow_unsupported: bool = True) -> torch.Tensor:
+         timeout: Optional[float] = None, allow_unsupported: bool = True,
+         handed: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
     """Call the implementation on ``inp`` (optionally with replaced tensors) and check the output
-    against the contract: a tensor of shape (B, H, L, Ev), the query's dtype and device."""
+    against the contract: a tensor of shape (B, H, L, Ev), the query's dtype and device.
+    ``handed`` sees the tensors exactly as the kernel gets them ({"query", "key", "value",
+    "attn_mask"}: in the case's layout, views of copies for a transposed or sliced one) just before
+    the call: what an in-place write by the kernel would change."""
     q = inp.q if q is None else q
     k = inp.k if k is None else k
     v = inp.v if v is None else v
@@ -115,6 +119,8 @@ def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=..
     if impl.name in _hung:
         raise ImplementationError(f"{impl.name} hung on an earlier call; not calling it again")
     q, k, v, kw = inp.laid_out(q, k, v, kw)  # the case's memory layout, kept for replaced tensors
+    if handed is not None:
+        handed({"query": q, "key": k, "value": v, "attn_mask": kw.get("attn_mask")})
     if isinstance(UNSUPPORTED_CASES, _UnsupportedLog):
         UNSUPPORTED_CASES.on_call()
     try:

@@ -150,6 +150,17 @@ def test_masked_values_zeroed_in_place_is_right_once():
     assert torch.equal(v[0], v0[0]) and bool((v[1, :, 2:] == 0).all()) and torch.equal(v[1, :, :2], v0[1, :, :2])
 
 
+def test_scales_strided_key_in_place_is_right_and_leaves_contiguous_keys_alone():
+    fn = _load("scales_strided_key_in_place")
+    q, k, v = _qkv(7)
+    k0 = k.clone()
+    assert _right(fn(q, k, v), q, k0, v) and torch.equal(k, k0)  # contiguous: untouched
+    cache = k0.transpose(1, 2).contiguous()  # the caller's (B, S, H, E) cache
+    kt = cache.transpose(1, 2)
+    assert _right(fn(q, kt, v), q, k0, v)
+    assert torch.allclose(cache.transpose(1, 2), k0 * k0.shape[-1] ** -0.5)  # ...but the cache is scaled
+
+
 def test_pointer_cache_misses_new_tensors_and_hits_overwritten_ones():
     fn = _load("pointer_cache")
     q, k, v = _qkv(7)
@@ -202,6 +213,7 @@ PROPERTY_OF = {
     "lazy_output": ("test_outputs_stay_outputs", "torch.Tensor subclass"),
     "mask_inverted_in_place": ("test_inputs_stay_inputs", "attn_mask: all 12 entries inverted in place"),
     "masked_values_zeroed_in_place": ("test_inputs_stay_inputs", "changed its inputs in place: value"),
+    "scales_strided_key_in_place": ("test_inputs_stay_inputs", "changed its inputs in place: key"),
     "pointer_cache": ("test_fresh_data_same_storage", "did not change after q, k and v were overwritten"),
     "empty_for_untuned_head_dims": ("test_no_free_answer_from_allocator", "memory it never wrote"),
 }
