@@ -177,18 +177,6 @@ def call_kept(impl: Implementation, inp: Inputs, **kw) -> torch.Tensor:
     return call(impl, inp, **kw).detach().clone()
 
 
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-
-    def span(t):
-        start = t.storage_offset() * t.element_size()
-        return start, start + (1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) * t.element_size()
-
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
-
-
 def effective_weights(impl: Implementation, inp: Inputs) -> torch.Tensor:
     """The weights the kernel actually applied, (B, H, L, S) in float64, read off by feeding
     one-hot values: with V = identity columns, output column c is the weight of key c. Works on
@@ -292,7 +280,9 @@ def assert_rows_unchanged(before: torch.Tensor, after: torch.Tensor, rows: torch
     """Bitwise equality on the selected (B, H, L) rows; NaN == NaN counts as unchanged.
     ``before`` must come from :func:`call_kept`: compared with memory the second call wrote, any
     change would read as none."""
-    if _shares_memory(before, after):
+    from harness.integrity import shared_storage
+
+    if shared_storage(before, {"after": after}):
         raise ValueError("assert_rows_unchanged: 'before' shares memory with 'after' (the kernel returned the same "
                          "storage twice); take 'before' with probes.call_kept")
     a, b = before.detach(), after.detach()
