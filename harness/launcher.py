@@ -55,8 +55,9 @@ class Child:
         self.returncode: Optional[int] = None
         self._ended = threading.Event()
 
-    def wait(self) -> int:
-        self._ended.wait()
+    def wait(self, timeout: Optional[float] = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"suite process {self.pid}", timeout)
         return self.returncode  # type: ignore[return-value]
 
     def kill(self) -> None:
@@ -167,12 +168,6 @@ class ForkServer:
             self._proc.wait()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 def start(env: dict, device: str) -> Optional[ForkServer]:
     """A fork server for suite processes, or None where none is used (see :func:`usable`)."""
@@ -250,7 +245,6 @@ def _child(req: dict, out: int) -> None:
     os.close(out)
     os.chdir(req["cwd"])
     sys.argv = ["pytest", *req["argv"]]
-    code = 1
     try:
         from harness.suite_process import main
 
@@ -260,7 +254,7 @@ def _child(req: dict, out: int) -> None:
 
         traceback.print_exc()
     finally:
-        os._exit(code)
+        os._exit(1)
 
 
 if __name__ == "__main__":

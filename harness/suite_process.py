@@ -12,16 +12,21 @@ import os
 import sys
 
 
-def main() -> None:
-    import pytest
-
-    rc = pytest.console_main()
+def exit_without_shutdown(rc: int) -> None:
+    """Flush stdout and stderr and leave at once with ``rc``: no module teardown, no atexit hooks.
+    Only for a process whose files are all written and closed (also ``attn-harness`` itself)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: the runner has stopped reading
+        except (OSError, ValueError):  # a closed pipe: the reader has stopped reading
             pass
     os._exit(int(rc))
+
+
+def main() -> None:
+    import pytest
+
+    exit_without_shutdown(pytest.console_main())
 
 
 if __name__ == "__main__":

@@ -32,10 +32,7 @@ def write_test(tmp_path, body):
 
 def finish(child, timeout=60):
     out = child.stdout.read()
-    deadline = time.time() + timeout
-    while child.returncode is None and time.time() < deadline:
-        time.sleep(0.01)
-    return child.wait(), out
+    return child.wait(timeout), out
 
 
 def test_a_forked_process_runs_pytest_with_its_own_cwd_output_and_exit_code(server, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from harness.cli.usage import UsageError, usage_error
 from harness.defaults import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 (re-exported)
@@ -59,15 +58,9 @@ def console_main() -> None:
 
     Tearing down torch's modules took about 0.5 s after the last report was written; everything
     this command writes is closed by then. ``main()`` itself returns, for callers in-process."""
-    import os
+    from harness.suite_process import exit_without_shutdown
 
-    rc = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(rc)
+    exit_without_shutdown(main())
 
 
 if __name__ == "__main__":
