@@ -115,6 +115,8 @@ class FlashAsSdpa(Adapter):
             out = _first(out).reshape(B, L, H, -1)
         elif self.kernel.mode == "kvcache":
             seqlens = torch.full((B,), S, dtype=torch.int32, device=q.device)
+            if self.kernel.caps.paged:  # one page of S slots per sequence: a paged-only kernel reads it too
+                kw["block_table"] = torch.arange(B, dtype=torch.int32, device=q.device).view(B, 1)
             out = _first(self.kernel.fn(q=q, k_cache=k.contiguous().clone(), v_cache=v.contiguous().clone(),
                                         cache_seqlens=seqlens, **kw))
         else:
