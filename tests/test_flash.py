@@ -159,6 +159,33 @@ TRIGGERS = {
 }
 
 
+class _Target:
+    """What fp.fit and fp.judge need of a suite's target, for a direct check."""
+    _replay, cases, last_case, forward_factor = None, 0, None, 2.0
+
+    def __init__(self, impl, dtype):
+        self.impl, self.caps, self.dtype = impl, impl.capabilities, dtype
+
+    def record(self, comparison=None, **numbers):
+        self.cmp = comparison
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", sorted(catalog.FLASH_CORRECT))
+def test_flash_correct_kernels_match_the_reference(name, dtype):
+    impl = load(catalog.CORRECT[name])
+    t = _Target(impl, dtype)
+    for case in (FlashCase(B=2, H=2, Hkv=1, seqlens_q=(1, 1), seqlens_k=(7, 5), causal=True, window=(2, 0),
+                           softcap=5.0, alibi=True, sinks=True, new=1, page_size=4, seed=1),
+                 FlashCase(B=3, H=4, Hkv=2, seqlens_q=(1, 1, 1), seqlens_k=(16, 3, 20), page_size=16, seed=2)):
+        c = fp.fit(t, case)
+        inp = c.materialize()
+        res = fp.call(impl.native, inp, lse=impl.native.caps.lse)
+        assert fp.judge(t, res, inp).ok
+        if impl.native.caps.lse:
+            assert fp.judge_lse(t, res, inp).ok
+
+
 def _run(spec, case, what):
     impl = load(spec)
     kernel = impl.native
