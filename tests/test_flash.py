@@ -32,7 +32,7 @@ def _direct(inp, b):
     i = torch.arange(Lq).view(-1, 1) + Lk - Lq
     j = torch.arange(Lk).view(1, -1)
     if inp.alibi_slopes is not None:
-        s = s - inp.alibi_slopes.double().view(-1, 1, 1) * (i - j).abs()
+        s = s - inp.slopes(b).double().view(-1, 1, 1) * (i - j).abs()
     left, right = c.window
     ok = torch.ones(Lq, Lk, dtype=torch.bool)
     if c.causal:
@@ -148,6 +148,8 @@ TRIGGERS = {
     "sink_adds_value": (FlashCase(B=1, H=2, Hkv=2, seqlens_q=(3,), seqlens_k=(4,), sinks=True), "out"),
     "sink_ignored": (FlashCase(B=1, H=2, Hkv=2, seqlens_q=(3,), seqlens_k=(4,), sinks=True), "out"),
     "alibi_wrong_sign": (FlashCase(B=1, H=2, Hkv=2, seqlens_q=(4,), seqlens_k=(9,), alibi=True), "out"),
+    "alibi_batch_axis_dropped": (FlashCase(B=2, H=2, Hkv=2, seqlens_q=(3, 2), seqlens_k=(6, 4), alibi="per_batch"),
+                                 "out"),
     "causal_top_left": (FlashCase(B=1, seqlens_q=(3,), seqlens_k=(6,), causal=True), "out"),
     "lse_base2": (FlashCase(B=1, seqlens_q=(3,), seqlens_k=(6,)), "lse"),
     "fp8_descale_twice": (FlashCase(B=1, seqlens_q=(3,), seqlens_k=(6,), dtype="float8_e4m3fn"), "out"),
