@@ -100,6 +100,11 @@ def cmd_check(args) -> int:
         if not any(prop in k for k in known):
             return usage_error(f"unknown property {prop!r} in suites {', '.join(args.suite or ['(default)'])} "
                                 f"(known: {', '.join(sorted(set(known)))})")
+    if args.forbid_ops:
+        from harness.integrity import pattern_warnings
+
+        for line in pattern_warnings(args.forbid_ops.split(",")):
+            sys.stderr.write(f"attn-harness: warning: {line}\n")
     if args.device == "cuda":
         import torch
 
@@ -242,8 +247,9 @@ def register(sub) -> None:
     c.add_argument("--backward-factor", type=float, default=BACKWARD_FACTOR,
                    help=f"gradient error bound factor (default {BACKWARD_FACTOR:g})")
     c.add_argument("--forbid-ops", default=None, metavar="PATTERNS",
-                   help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*') the kernel "
-                        "must not call: a match fails integrity::test_op_trace")
+                   help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*'; a pattern "
+                        "without a namespace also matches base names: 'scaled_dot_product*') the kernel must not "
+                        "call: a match fails integrity::test_op_trace")
     c.add_argument("--triton-interpret", action="store_true",
                    help="run Triton kernels through Triton's CPU interpreter (sets TRITON_INTERPRET=1)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
