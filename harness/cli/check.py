@@ -163,6 +163,10 @@ def _check(args, dtypes, server) -> int:
             rep["implementations"] = [finished[i] for i in sorted(finished)]
             paths.update(report_writer.write_all(rep, report_dir, args.junit))
         progress.finish(entry["verdict"], res["duration_s"])
+        from harness.report import cause_lines
+
+        for line in cause_lines(entry, limit=300, most=8):  # what to fix first; every failure is in the report
+            sys.stderr.write(f"    {line}\n")
         if entry["verdict"] == "unsupported":
             sys.stderr.write(f"    {impl.name}: no gate property could run within its declared capabilities "
                              f"(device {args.device}, dtypes {','.join(options['dtypes'])}): nothing was certified\n")
@@ -207,9 +211,12 @@ def _implementation_entry(impl, res, args, options, log) -> dict:
 
     fp = next((r["worst"].get("fingerprint") for r in results
                if r["property"] == "test_fingerprint" and r.get("worst")), None)
+    from harness.triage import triage
+
     return {"name": impl.name, "spec": impl.spec, "verdict": verdict(results, args.strict),
             "description": impl.description, "capabilities": impl.capabilities.to_dict(), "fingerprint": fp,
-            "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results}
+            "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results,
+            "causes": triage(results, args.strict)}
 
 
 def _safe(name: str) -> str:
