@@ -167,6 +167,8 @@ def _check(args, dtypes, server) -> int:
 
         for line in cause_lines(entry, limit=300, most=8):  # what to fix first; every failure is in the report
             sys.stderr.write(f"    {line}\n")
+        if entry["causes"] and entry["causes"][0].get("repro"):
+            sys.stderr.write(f"    reproduce cause 1: {entry['causes'][0]['repro']}\n")
         if entry["verdict"] == "unsupported":
             sys.stderr.write(f"    {impl.name}: no gate property could run within its declared capabilities "
                              f"(device {args.device}, dtypes {','.join(options['dtypes'])}): nothing was certified\n")
