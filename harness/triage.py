@@ -353,7 +353,11 @@ def triage(results: list, strict: bool = False) -> list:
         # Wrong on the simplest case: that is the first thing to fix, whatever else fails.
         rules = RULES[:4] + [normalization, core] + [r for r in RULES[4:] if r not in (normalization, core)]
     for rule in rules:
-        for kind, title, claimed in rule(left, ev):
+        try:
+            found = rule(left, ev)
+        except Exception:  # noqa: BLE001 - an odd record costs that rule, never the report
+            found = []
+        for kind, title, claimed in found:
             claimed = [r for r in claimed if any(r is x for x in left)]
             if claimed:
                 causes.append(_cause(kind, title, claimed))
