@@ -140,11 +140,13 @@ def _spec_for(fn_or_spec: Any) -> tuple[str, Optional[str]]:
 def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
           profile: str = "default", suites: Optional[Sequence[str]] = None, strict: bool = False,
           seed: Optional[int] = None, properties: Optional[Sequence[str]] = None,
-          case: Optional[str] = None, example: Optional[dict] = None, quiet: bool = True) -> Report:
+          case: Optional[str] = None, example: Optional[dict] = None, quiet: bool = True,
+          api: str = "sdpa") -> Report:
     """Run the property suites in this process against ``fn_or_spec`` (a callable with SDPA's
     contract, an :class:`harness.Adapter`, or a spec string like ``"sdpa"`` or
     ``"pkg.mod:fn"``) and return a :class:`Report`. Arguments mean what the CLI's flags mean;
-    ``dtypes=None`` runs every dtype the implementation declares. ``case`` (a ``Case(...)`` repr)
+    ``dtypes=None`` runs every dtype the implementation declares. ``api="flash_attn"``: a kernel
+    written to flash-attn's signatures (as ``--api flash_attn``). ``case`` (a ``Case(...)`` repr)
     and ``example`` (its other drawn arguments) replay one counterexample exactly, as a failure's
     ``repro`` shows."""
     import pytest
@@ -161,13 +163,16 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         if s not in available_suites():
             raise ValueError(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
     spec, key = _spec_for(fn_or_spec)
+    from harness.contract import split_api, with_api
+
+    spec = with_api(spec, api)
     try:
         impl = load(spec)
     except LoadError as e:
         raise ValueError(str(e)) from None
     if key is not None:
         impl.name = getattr(fn_or_spec, "__name__", None) or type(fn_or_spec).__name__
-    files = [str(suites_dir() / f"test_{s}.py") for s in (suites or default_suites())]
+    files = [str(suites_dir() / f"test_{s}.py") for s in (suites or default_suites(split_api(spec)[1]))]
     with tempfile.TemporaryDirectory(prefix="attn-harness-") as tmp:
         results_path = os.path.join(tmp, "results.json")
         args = [*files, "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no",
@@ -202,7 +207,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         if r.get("repro"):
             # In-process, the repro is the in-process call: the function may live in a notebook
             # or a test module no shell command can name.
-            r["repro"] = _inprocess_repro(r, impl.name if key is not None else spec, key is None, device)
+            r["repro"] = _inprocess_repro(r, impl.name if key is not None else str(fn_or_spec), key is None, device, api)
     options = {"device": device, "dtypes": list(dtypes) if dtypes else
                [d for d in HOST_DTYPES.get(device, HOST_DTYPES["cpu"]) if d in impl.capabilities.dtypes],
                "dtypes_from": "option" if dtypes else "declared", "profile": profile,
@@ -226,7 +231,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
     return Report(data)
 
 
-def _inprocess_repro(r: dict, name: str, is_spec: bool, device: str) -> str:
+def _inprocess_repro(r: dict, name: str, is_spec: bool, device: str, api: str = "sdpa") -> str:
     """``harness.check(fn, ..., case=..., example=...)``: the call that replays this failure in
     the caller's interpreter (``fn`` is the function that was checked)."""
     from harness.cases import Case
@@ -236,6 +241,8 @@ def _inprocess_repro(r: dict, name: str, is_spec: bool, device: str) -> str:
         args.append(f"dtypes=[{r['dtype']!r}]")
     if device != "cpu":
         args.append(f"device={device!r}")
+    if api != "sdpa":
+        args.append(f"api={api!r}")
     if r.get("seed") is not None:
         args.append(f"seed={r['seed']}")
     ce = r.get("counterexample")
