@@ -9,7 +9,8 @@ keeps to ``--benchmark-*``), imports neither torch nor the harness, and changes 
 run collects the harness suites. Then :mod:`harness.suite_plugin` is registered and does the work.
 It is a top-level module, not ``harness.pytest_plugin``: a project with a ``harness`` package of
 its own would otherwise fail to start pytest at all, because the entry point could not be imported.
-:mod:`harness.defaults` re-exports the defaults defined here.
+Its defaults live in :mod:`attention_harness_defaults`, which imports nothing and which
+:mod:`harness.defaults` re-exports: the package never imports this module.
 ``attn-harness check`` drives the very same tests through it: nothing is implemented twice.
 """
 
@@ -17,18 +18,9 @@ from __future__ import annotations
 
 import os
 
-PROFILES = {
-    # hypothesis examples per property (times the per-test weight) and the sizes used.
-    "quick": 8,
-    "default": 25,
-    "thorough": 150,
-}
-DEFAULT_PROFILE = "default"
-DEFAULT_SEED = 20261127
-# The FlashAttention rule: the kernel's error may be this many times a plain same-dtype computation's.
-FORWARD_FACTOR = 2.0
-BACKWARD_FACTOR = 3.0
-CALL_TIMEOUT_S = 30.0
+# The option defaults: one home, shared with the package (harness.defaults reads the same module).
+from attention_harness_defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, DEFAULT_PROFILE, DEFAULT_SEED,
+                                        FORWARD_FACTOR, PROFILES)
 
 
 def pytest_addoption(parser):

@@ -36,8 +36,9 @@ class Report:
     counterexample and repro command. ``data`` is the report.json structure
     (:mod:`harness.report.model`)."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, path: Optional[Path] = None):
         self.data = data
+        self.path = path  # the report directory, when one was written
 
     @property
     def implementations(self) -> list:
@@ -66,17 +67,35 @@ class Report:
         strict = bool(self.data["options"].get("strict"))
         return [r for r in self.results if r["status"] in ("fail", "error") and enforced(r["tier"], strict)]
 
-    def summary(self) -> str:
+    def summary(self, limit: int = 4000) -> str:
+        """The verdict, then the causes (one line each, most telling first, with the call that
+        replays its most telling failure), then how to see every failure; at most ``limit``
+        characters whatever fails."""
+        from harness.report import cause_lines
+
         each = ", ".join(f"{i['name']} {i['verdict']}" for i in self.implementations)
-        lines = [f"attention-harness: {self.verdict.upper()} ({each})"]
-        for r in self.failures:
-            first = (r.get("message") or "").strip().splitlines()
-            lines.append(f"- [{r['status']}] {r['suite']}::{r['property']} [{r['dtype']}]: {first[0] if first else ''}")
-            if r.get("counterexample_text"):
-                lines.append(f"    counterexample: {r['counterexample_text']}")
-            if r.get("repro"):
-                lines.append(f"    reproduce: {r['repro']}")
-        return "\n".join(lines)
+        n = len(self.failures)
+        head = f"attention-harness: {self.verdict.upper()} ({each})" + (f": {n} failing properties x dtypes" if n else "")
+        tail = []
+        if self.path:
+            tail.append(f"report: {self.path}")
+        if n:
+            tail.append("every failure, with its counterexample and repro: report = harness.check(...); "
+                        "report.failures, report.to_markdown(), report.to_html('report.html')")
+        budget = limit - len(head) - sum(len(t) + 1 for t in tail) - 80
+        body = []
+        for impl in self.implementations:
+            causes = impl.get("causes") or []
+            if causes:
+                body.append(f"{impl['name']}: {len(causes)} cause{'' if len(causes) == 1 else 's'}, most telling first:")
+            for line, c in zip(cause_lines(impl, limit=360), causes):
+                more = [line] + ([f"   reproduce: {c['repro'][:600]}"] if c.get("repro") else [])
+                if sum(len(x) + 1 for x in body + more) > budget:
+                    body.append("... and more causes: see report.failures")
+                    break
+                body += more
+        text = "\n".join([head, *body, *tail])
+        return text if len(text) <= limit else text[:limit - 4] + " ..."
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
         text = json.dumps(self.data, indent=1, default=str)
@@ -121,12 +140,15 @@ def _spec_for(fn_or_spec: Any) -> tuple[str, Optional[str]]:
 def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
           profile: str = "default", suites: Optional[Sequence[str]] = None, strict: bool = False,
           seed: Optional[int] = None, properties: Optional[Sequence[str]] = None,
-          quiet: bool = True, api: str = "sdpa") -> Report:
+          case: Optional[str] = None, example: Optional[dict] = None, quiet: bool = True,
+          api: str = "sdpa") -> Report:
     """Run the property suites in this process against ``fn_or_spec`` (a callable with SDPA's
     contract, an :class:`harness.Adapter`, or a spec string like ``"sdpa"`` or
     ``"pkg.mod:fn"``) and return a :class:`Report`. Arguments mean what the CLI's flags mean;
     ``dtypes=None`` runs every dtype the implementation declares. ``api="flash_attn"``: a kernel
-    written to flash-attn's signatures (as ``--api flash_attn``)."""
+    written to flash-attn's signatures (as ``--api flash_attn``). ``case`` (a ``Case(...)`` repr)
+    and ``example`` (its other drawn arguments) replay one counterexample exactly, as a failure's
+    ``repro`` shows."""
     import pytest
 
     from harness import report as R
@@ -134,6 +156,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
     from harness.loading import load
     from harness.defaults import BACKWARD_FACTOR, DEFAULT_SEED, FORWARD_FACTOR, HOST_DTYPES
     from harness.runner import available_suites, default_suites, suites_dir, verdict
+    from harness.triage import triage
 
     device = device or "cpu"
     for s in suites or []:
@@ -166,6 +189,10 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
             args += ["--attn-seed", str(seed)]
         if properties:
             args += ["-k", " or ".join(properties)]
+        if case:
+            args += ["--attn-case", case]
+            if example:
+                args += ["--attn-example", json.dumps(example)]
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
             rc = pytest.main(args)
@@ -175,12 +202,12 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
             results = json.load(f)
     if key is not None:
         delattr(_inprocess, key)
-    replay = _replayable_spec(fn_or_spec) if key is not None else spec
     for r in results:
         r["impl"] = impl.name if key is not None else spec
-        if key is not None and r.get("repro"):
-            # The registry name means nothing to a later shell: point at where the function lives.
-            r["repro"] = r["repro"].replace(spec, replay)
+        if r.get("repro"):
+            # In-process, the repro is the in-process call: the function may live in a notebook
+            # or a test module no shell command can name.
+            r["repro"] = _inprocess_repro(r, impl.name if key is not None else str(fn_or_spec), key is None, device, api)
     options = {"device": device, "dtypes": list(dtypes) if dtypes else
                [d for d in HOST_DTYPES.get(device, HOST_DTYPES["cpu"]) if d in impl.capabilities.dtypes],
                "dtypes_from": "option" if dtypes else "declared", "profile": profile,
@@ -195,7 +222,8 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         "capabilities": impl.capabilities.to_dict(), "duration_s": round(sum(r.get("duration_s") or 0 for r in results), 2),
         "results": results,
         "fingerprint": next((r["worst"].get("fingerprint") for r in results
-                             if r["property"] == "test_fingerprint" and r.get("worst")), None)}]
+                             if r["property"] == "test_fingerprint" and r.get("worst")), None),
+        "causes": triage(results, strict)}]
     if os.environ.get("ATTN_HARNESS_VALIDATE_REPORTS"):
         from harness.report.model import validate
 
@@ -203,19 +231,29 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
     return Report(data)
 
 
-def _replayable_spec(fn: Any) -> str:
-    """``file.py:name`` for a function defined in a file (``__main__`` included), else a
-    placeholder the user fills in."""
-    import inspect
+def _inprocess_repro(r: dict, name: str, is_spec: bool, device: str, api: str = "sdpa") -> str:
+    """``harness.check(fn, ..., case=..., example=...)``: the call that replays this failure in
+    the caller's interpreter (``fn`` is the function that was checked)."""
+    from harness.cases import Case
 
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-    try:
-        path = inspect.getsourcefile(fn if inspect.isfunction(fn) or inspect.isclass(fn) else type(fn))
-    except TypeError:
-        path = None
-    if path and os.path.exists(path) and "<" not in name:
-        return f"{path}:{name}"
-    return f"YOUR_FILE.py:{getattr(fn, '__name__', 'fn')}"
+    args = [repr(name) if is_spec else name, f"suites=[{r['suite']!r}]", f"properties=[{r['property']!r}]"]
+    if r.get("dtype") and r["dtype"] != "-":
+        args.append(f"dtypes=[{r['dtype']!r}]")
+    if device != "cpu":
+        args.append(f"device={device!r}")
+    if api != "sdpa":
+        args.append(f"api={api!r}")
+    if r.get("seed") is not None:
+        args.append(f"seed={r['seed']}")
+    ce = r.get("counterexample")
+    if isinstance(ce, dict):
+        try:
+            args.append(f"case={repr(Case(**ce))!r}")
+        except TypeError:
+            pass
+        if r.get("counterexample_extra"):
+            args.append(f"example={r['counterexample_extra']!r}")
+    return f"harness.check({', '.join(args)})"
 
 
 def _plugin_autoloaded() -> bool:
@@ -223,11 +261,17 @@ def _plugin_autoloaded() -> bool:
     return not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
 
 
-def assert_passes(fn_or_spec: Any, **kwargs: Any) -> Report:
-    """:func:`check`, raising ``AssertionError`` with a short summary (each failure's first
-    message line, counterexample and repro) unless the verdict is ``pass``."""
+def assert_passes(fn_or_spec: Any, *, report_dir: Union[str, os.PathLike, None] = None, **kwargs: Any) -> Report:
+    """:func:`check`, raising ``AssertionError`` unless the verdict is ``pass``, with a message of
+    at most 4,000 characters: the verdict, the causes (one line each, most telling first, each with
+    the in-process call that replays it) and how to see every failure. With ``report_dir`` the
+    report files (report.json, .md, .html) are written there and the message names the directory."""
     report = check(fn_or_spec, **kwargs)
+    if report_dir is not None:
+        from harness.report import writer
+
+        writer.write_all(report.data, report_dir)
+        report.path = Path(report_dir)
     if report.verdict != "pass":
         raise AssertionError(report.summary())
     return report
-

@@ -185,17 +185,75 @@ def trace_ops(fn: Callable[[], object]):
     return out, mode.ops
 
 
+def _base_name(op: str) -> str:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu.default`` -> ``scaled_dot_product_flash_attention_for_cpu``:
+    no namespace, no overload, no leading underscores (private variants of a public op)."""
+    return op.lower().split("::", 1)[-1].split(".", 1)[0].lstrip("_")
+
+
+def op_matches(op: str, pattern: str) -> bool:
+    """Case-insensitive fnmatch against the full name (``aten::_scaled_dot_product*``), the name
+    without its namespace (``*scaled_dot_product*``, ``mm``) and, for a pattern without a
+    namespace, the base name (:func:`_base_name`: ``scaled_dot_product*`` matches
+    ``aten::_scaled_dot_product_flash_attention_for_cpu``, ``mm`` matches ``aten::mm.out``)."""
+    p = pattern.strip().lower()
+    full = op.lower()
+    if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(full.split("::", 1)[-1], p):
+        return True
+    return "::" not in p and fnmatch.fnmatchcase(_base_name(op), p.lstrip("_"))
+
+
 def forbidden_ops(ops: Iterable[str], patterns: Iterable[str]) -> list:
-    """[(op, pattern)] for every traced op matching a pattern. Case-insensitive fnmatch against
-    the full name (``aten::_scaled_dot_product*``) and against the name without its namespace
-    (``*scaled_dot_product*``, ``mm``)."""
+    """[(op, pattern)] for every traced op matching a pattern (:func:`op_matches`)."""
     hits = []
     pats = [p.strip().lower() for p in patterns if p and p.strip()]
     for op in ops:
-        full = op.lower()
-        bare = full.split("::", 1)[-1]
         for p in pats:
-            if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(bare, p):
+            if op_matches(op, p):
                 hits.append((op, p))
                 break
     return hits
+
+
+def pattern_warnings(patterns: Iterable[str]) -> list:
+    """One line per ``--forbid-ops`` pattern that no trace could ever match: it names no aten op
+    registered here, or only composite ops, which run as the ops they decompose into and so never
+    reach the dispatch trace (``aten::scaled_dot_product_attention`` is one). Such a pattern would
+    pass every kernel; the CLI prints these lines at start."""
+    import torch
+
+    names = list(torch._C._dispatch_get_all_op_names())
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+
+    def composite(n):
+        try:
+            return bool(has(n, "CompositeImplicitAutograd"))
+        except RuntimeError:
+            return False
+
+    out = []
+    for p in (p.strip() for p in patterns):
+        if not p:
+            continue
+        hits = [n for n in names if op_matches(n, p)]
+        seen = [n for n in hits if not composite(n)]
+        if seen:
+            continue
+        # A wider pattern to suggest: the name as a prefix, then without its last word or two
+        # ("scaled_dot_product_attention" -> "scaled_dot_product*"), the first that several ops match.
+        stem, wider, alt = p.rstrip("*"), p, []
+        for _ in range(3):
+            cand = stem + "*"
+            alt = [n for n in names if op_matches(n, cand) and not composite(n)]
+            wider = cand
+            if len(alt) >= 2 or "_" not in stem:
+                break
+            stem = stem.rsplit("_", 1)[0]
+        hint = (f"; {wider!r} matches {len(alt)} that can: {', '.join(sorted(alt, key=len)[:4])}{', ...' if len(alt) > 4 else ''}"
+                if alt and wider != p else "")
+        if hits:
+            out.append(f"--forbid-ops {p!r} matches only composite ops ({', '.join(sorted(hits)[:3])}), which run as "
+                       f"the ops they decompose into and never appear in a trace{hint}")
+        else:
+            out.append(f"--forbid-ops {p!r} matches no aten op this torch knows, so it can never fail a kernel{hint}")
+    return out

@@ -19,6 +19,7 @@ import torch
 
 from harness.cases import Inputs
 from harness.contract import Implementation
+from harness.tolerance import describe_values
 
 
 class PropertyViolation(AssertionError):
@@ -299,10 +300,11 @@ def assert_rows_unchanged(before: torch.Tensor, after: torch.Tensor, rows: torch
     if bool(bad.any()):
         n = int(bad.sum())
         b_, h_, i_ = (int(x) for x in bad.nonzero()[0])
-        delta = float((a[b_, h_, i_].double() - b[b_, h_, i_].double()).abs().nan_to_num(float("inf")).max())
+        changed = ~same[b_, h_, i_]  # entries NaN before and after did not change
+        delta = describe_values(b[b_, h_, i_][changed].double() - a[b_, h_, i_][changed].double(), "max change")
         raise PropertyViolation(
             f"{what}: {n} of {int(rows.sum())} rows that must not depend on it changed; first at "
-            f"(b={b_}, h={h_}, row={i_}), max change {delta:.3g}")
+            f"(b={b_}, h={h_}, row={i_}), {delta}")
 
 
 GRAD_PATH = "torch.autograd.grad"
@@ -391,7 +393,7 @@ def assert_zero(t: torch.Tensor, where: torch.Tensor, what: str):
     if vals.numel() and bool((vals != 0).any()):
         nz = int((vals != 0).any(dim=-1).sum())
         raise PropertyViolation(f"{what}: {nz} of {int(where.sum())} positions that must have zero "
-                                f"gradient do not (max |grad| {float(vals.abs().nan_to_num(float('inf')).max()):.3g})"
+                                f"gradient do not ({describe_values(vals, 'max |grad|')})"
                                 + _grad_path_note())
 
 

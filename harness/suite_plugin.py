@@ -85,6 +85,12 @@ def configure(config):
                        config.getoption("attn_backward_factor"),
                        forbid_ops=[p.strip() for p in forbid.split(",") if p.strip()] if forbid else [])
     config._attention_harness = hc
+    if hc.forbid_ops:
+        from harness.integrity import pattern_warnings
+
+        for line in pattern_warnings(hc.forbid_ops):  # a pattern that can never match passes every kernel
+            config.issue_config_time_warning(pytest.PytestConfigWarning(line.replace("--forbid-ops", "--attn-forbid-ops", 1)),
+                                             stacklevel=2)
     strategies.set_profile(profile)
     probes.CALL_TIMEOUT_S = config.getoption("attn_call_timeout")
     # Deterministic: fixed seed, no example database; shrinking stays on so failures are small.

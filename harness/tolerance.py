@@ -48,21 +48,46 @@ class Comparison:
     rows_failed: int
     rows: int
     nonfinite: int  # rows with NaN/Inf where the reference is finite
+    nan_entries: int = 0  # entries of those rows that are NaN
+    inf_entries: int = 0  # ... and that are +-inf
+    finite_error: float = 0.0  # the largest error among the finite entries
 
     def describe(self, what: str = "output") -> str:
         b, h, i = self.worst_index
-        s = (f"{what}: worst row (b={b}, h={h}, row={i}) error {self.worst_error:.3g} = "
-             f"{self.worst_ratio:.3g}x the same-dtype PyTorch error {self.worst_baseline:.3g} "
-             f"(limit {self.factor:g}x); {self.rows_failed}/{self.rows} rows over the bound")
         if self.nonfinite:
-            s += f"; {self.nonfinite} rows contain NaN/Inf"
-        return s
+            # "error inf" says nothing about a NaN: name what is there, then the finite part.
+            return (f"{what}: {nonfinite_counts(self.nan_entries, self.inf_entries)} in {self.nonfinite}/{self.rows} "
+                    f"rows where the reference is finite (first at b={b}, h={h}, row={i}); largest finite error "
+                    f"{self.finite_error:.3g}; {self.rows_failed}/{self.rows} rows over the bound")
+        return (f"{what}: worst row (b={b}, h={h}, row={i}) error {self.worst_error:.3g} = "
+                f"{self.worst_ratio:.3g}x the same-dtype PyTorch error {self.worst_baseline:.3g} "
+                f"(limit {self.factor:g}x); {self.rows_failed}/{self.rows} rows over the bound")
 
     def to_dict(self) -> dict:
-        return {"ratio": _finite(self.worst_ratio), "factor": self.factor,
-                "where": dict(zip(("b", "h", "row"), self.worst_index)),
-                "error": _finite(self.worst_error), "baseline_error": _finite(self.worst_baseline),
-                "rows_failed": self.rows_failed, "rows": self.rows, "nonfinite_rows": self.nonfinite}
+        d = {"ratio": _finite(self.worst_ratio), "factor": self.factor,
+             "where": dict(zip(("b", "h", "row"), self.worst_index)),
+             "error": _finite(self.worst_error), "baseline_error": _finite(self.worst_baseline),
+             "rows_failed": self.rows_failed, "rows": self.rows, "nonfinite_rows": self.nonfinite}
+        if self.nonfinite:
+            d.update(nan_entries=self.nan_entries, inf_entries=self.inf_entries, finite_error=self.finite_error)
+        return d
+
+
+def nonfinite_counts(nan: int, inf: int) -> str:
+    """``"3 NaN entries, 0 inf entries"``: what a failure message says instead of ``error inf``."""
+    return f"{nan} NaN {'entry' if nan == 1 else 'entries'}, {inf} inf {'entry' if inf == 1 else 'entries'}"
+
+
+def describe_values(t: torch.Tensor, what: str = "max |value|") -> str:
+    """``max |value| 0.25`` for finite values; NaN and inf counted first otherwise
+    (``2 NaN entries, 0 inf entries, max finite |value| 0.25``)."""
+    t = t.detach()
+    fin = torch.isfinite(t)
+    top = float(t[fin].abs().max()) if bool(fin.any()) else 0.0
+    if bool(fin.all()):
+        return f"{what} {top:.3g}"
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    return f"{nonfinite_counts(nan, inf)}, {what.replace('max ', 'max finite ', 1)} {top:.3g}"
 
 
 def _finite(x: float):
@@ -117,9 +142,16 @@ def compare(out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype:
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape)) if ratio.numel() else (0,)
     idx = (idx + (0, 0, 0))[:3] if len(idx) < 3 else idx[-3:]
     out_rows = out.detach()
-    nonfinite = (~torch.isfinite(out_rows.to(torch.float32))).any(dim=-1) & torch.isfinite(ref).all(dim=-1)
+    ref_finite = torch.isfinite(ref).all(dim=-1)
+    nonfinite = (~torch.isfinite(out_rows.to(torch.float32))).any(dim=-1) & ref_finite
     if rows is not None:
         nonfinite = nonfinite & rows.expand_as(nonfinite)
+    bad_rows = nonfinite.unsqueeze(-1).expand(out_rows.shape) if out_rows.shape[-1] else None
+    nan_entries = int((torch.isnan(out_rows) & bad_rows).sum()) if bad_rows is not None else 0
+    inf_entries = int((torch.isinf(out_rows) & bad_rows).sum()) if bad_rows is not None else 0
+    fin_err = torch.where(torch.isfinite(err), err, torch.zeros_like(err))
+    if rows is not None:
+        fin_err = torch.where(rows.expand_as(fin_err), fin_err, torch.zeros_like(fin_err))
     worst = float(ratio.reshape(-1)[flat]) if ratio.numel() else 0.0
     return Comparison(
         ok=bool((ratio <= factor).all()),
@@ -127,7 +159,8 @@ def compare(out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype:
         worst_error=float(err.reshape(-1)[flat]) if err.numel() else 0.0,
         worst_baseline=float(denom.reshape(-1)[flat]) if denom.numel() else 0.0,
         max_error=float(err.max()) if err.numel() else 0.0,
-        rows_failed=int((ratio > factor).sum()), rows=considered, nonfinite=int(nonfinite.sum()))
+        rows_failed=int((ratio > factor).sum()), rows=considered, nonfinite=int(nonfinite.sum()),
+        nan_entries=nan_entries, inf_entries=inf_entries, finite_error=float(fin_err.max()) if fin_err.numel() else 0.0)
 
 
 # The orders a plain same-dtype implementation commonly uses for the softmax scale: on q (the

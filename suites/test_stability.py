@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from harness import probes
 from harness import strategies as hs
 from harness.cases import Case
+from harness.tolerance import nonfinite_counts
 
 # Largest typical |logit| swept per dtype: float32 well past exp overflow (88), half precision up
 # to where q.k itself stays finite in the dtype.
@@ -24,8 +25,9 @@ def _no_nan(out, inp, what):
     bad = inp.has_visible & ~torch.isfinite(out.detach().float()).all(-1)
     if bool(bad.any()):
         b, h, i = (int(x) for x in bad.nonzero()[0])
-        raise probes.PropertyViolation(f"{what}: {int(bad.sum())} rows with a visible key contain NaN/Inf; "
-                                       f"first (b={b}, h={h}, row={i})")
+        o = out.detach().float()[bad]
+        raise probes.PropertyViolation(f"{what}: {nonfinite_counts(int(torch.isnan(o).sum()), int(torch.isinf(o).sum()))} "
+                                       f"in {int(bad.sum())} rows with a visible key; first (b={b}, h={h}, row={i})")
 
 
 @given(case=hs.cases(policies=POL), level=st.integers(0, 4))

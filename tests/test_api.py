@@ -30,10 +30,12 @@ SCRIPT = """
             raised = None
         except AssertionError as e:
             raised = str(e)
+        replayed = eval(bad.failures[0]["repro"], {"harness": harness, "ignores_causal": ignores_causal})
         html = ok._repr_html_()
         print("RESULT " + json.dumps({"ok": ok.verdict, "bad": bad.verdict, "raised": raised,
                                       "failures": [f["property"] for f in bad.failures],
                                       "repro": bad.failures[0]["repro"], "html": html[:400],
+                                      "replayed": [(f["property"], f["cases"]) for f in replayed.failures],
                                       "md": ok.to_markdown()[:200], "json": json.loads(ok.to_json())["schema_version"]}))
 """
 
@@ -47,9 +49,13 @@ def test_check_a_main_defined_function(tmp_path):
     out = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[7:])
     assert out["ok"] == "pass" and out["bad"] == "fail"
     assert "test_future_perturbation_invariance" in out["failures"]
-    assert out["raised"] and "counterexample:" in out["raised"] and "reproduce: attn-harness check" in out["raised"]
-    # The repro points at the script, not at the in-process registry.
-    assert f"{script}:ignores_causal" in out["repro"]
+    assert out["raised"] and "reproduce: harness.check(ignores_causal, " in out["raised"]
+    assert out["raised"].splitlines()[2].startswith("1. the causal mask lets queries see future keys")
+    # In-process, the repro is the in-process call (the function may live where no shell can
+    # name it), and it replays exactly the one counterexample.
+    assert out["repro"].startswith("harness.check(ignores_causal, suites=['causal'], properties=[")
+    assert "case='Case(" in out["repro"] and "attn-harness" not in out["repro"]
+    assert [p for p, _ in out["replayed"]] == [out["failures"][0]] and out["replayed"][0][1] == 1
     assert "<table" in out["html"] and "my_attention" not in out["html"]
     assert out["json"] == 1
 

@@ -86,6 +86,22 @@ def test_forbidden_ops_patterns_and_trace():
     assert I.forbidden_ops(ops, ["aten::_scaled_dot_product*"]) == [(ops[0], "aten::_scaled_dot_product*")]
     assert I.forbidden_ops(ops, ["MM", "*softmax"]) == [(ops[1], "mm"), (ops[2], "*softmax")]
     assert I.forbidden_ops(ops, ["", " "]) == [] and I.forbidden_ops(ops, ["bmm"]) == []
+    # What a user types first: a bare name matches by base name (no namespace, overload or
+    # leading underscore), and a prefix wildcard reaches the private variants SDPA dispatches to.
+    assert I.forbidden_ops(ops, ["scaled_dot_product*"]) == [(ops[0], "scaled_dot_product*")]
+    assert I.forbidden_ops(["aten::scaled_dot_product_attention"], ["scaled_dot_product_attention"]) != []
+    assert I.forbidden_ops(["aten::mm.out"], ["mm"]) == [("aten::mm.out", "mm")]
+    assert I.forbidden_ops(ops, ["aten::scaled_dot_product*"]) == []  # a namespaced pattern means what it says
+
+
+def test_forbid_ops_patterns_that_can_never_match_are_warned_about():
+    assert I.pattern_warnings(["scaled_dot_product*", "aten::_scaled_dot_product*", "mm", "*softmax*"]) == []
+    (w,) = I.pattern_warnings(["scaled_dot_product"])
+    assert "matches no aten op" in w and "'scaled_dot_product*' matches" in w
+    (w,) = I.pattern_warnings(["scaled_dot_product_attention"])
+    # SDPA is a composite op: the trace only ever sees the kernel it dispatches to.
+    assert "only composite ops (aten::scaled_dot_product_attention)" in w and "'scaled_dot_product*'" in w
+    assert len(I.pattern_warnings(["no_such_op_anywhere", "mm"])) == 1
     q, k, v = _qkv()
     out, seen = I.trace_ops(lambda: F.scaled_dot_product_attention(q, k, v))
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
@@ -291,8 +307,9 @@ def test_report_has_an_integrity_section(suite_run):
 @pytest.mark.slow  # a whole `attn-harness check` run
 def test_forbid_ops_makes_the_op_trace_a_gate(tmp_path):
     r, rep = _check(tmp_path, ["sdpa", f"{FIX}:rows_into_empty"], "--property", "test_op_trace",
-                    "--forbid-ops", "aten::_scaled_dot_product*,*flash_attention*")
+                    "--forbid-ops", "aten::_scaled_dot_product*,*flash_attention*,scaled_dot_product")
     assert r.returncode == 1
+    assert "warning: --forbid-ops 'scaled_dot_product' matches no aten op" in r.stderr
     by = {i["name"]: i for i in rep["implementations"]}
     (res,) = by["sdpa"]["results"]
     assert res["tier"] == "gate" and res["status"] == "fail"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.catalog import (CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, PLANTED, SLOW_CORRECT, STRICT_ONLY,
-                              SWEEP_EXTRA_SUITES)
+from fixtures.catalog import (CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, MISDIAGNOSED, PLANTED, SLOW_CORRECT,
+                              STRICT_ONLY, SWEEP_EXTRA_SUITES)
+from harness.triage import cause_line, triage
 
 # The planted-bug sweep takes minutes: `python -m pytest -m "not slow"` skips it for a quick local
 # loop; CI runs everything.
@@ -127,6 +128,21 @@ def test_planted_bug_is_caught_by_a_named_property(sweep, name):
     # The report names the property and gives the smallest counterexample with a repro command.
     r = next(r for r in impl["results"] if r["status"] == "fail" and f"{r['suite']}::{r['property']}" in caught)
     assert r["counterexample"] is not None and r["repro"].startswith("attn-harness check")
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_planted_bug_first_cause_names_its_class(sweep, name):
+    """The first line a person reads names the bug: the first cause harness.triage gives for the
+    sweep's results of this planted bug is of the class the catalog expects (no extra run: the
+    sweep's results, merged over its checks). The bugs in catalog.MISDIAGNOSED are the known
+    exceptions, each with the reason; one diagnosed right must leave that list."""
+    causes = triage(sweep[name]["results"], strict=True)
+    assert causes, f"{name}: no cause for a caught bug"
+    want, got = PLANTED[name]["cause"], causes[0]["kind"]
+    if name in MISDIAGNOSED:
+        assert got != want, f"{name} is now diagnosed as {want}: remove it from catalog.MISDIAGNOSED"
+    else:
+        assert got == want, f"{name}: first cause {cause_line(causes[0])!r}, expected class {want}"
 
 
 def test_every_property_is_proven_by_a_planted_bug(sweep):

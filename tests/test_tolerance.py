@@ -72,3 +72,23 @@ def test_the_natural_scale_floor_follows_the_dtype_the_logits_are_rounded_in():
     assert compare(off, ref, exact, torch.bfloat16, 2.0, scale=scale, logit_absmax=30.0).ok
     assert not compare(off, ref, exact, torch.bfloat16, 2.0, scale=scale, logit_absmax=30.0, natural_fraction=0.0).ok
     assert not compare(off, ref, exact, torch.bfloat16, 2.0, scale=scale, logit_absmax=1.0).ok
+
+
+def test_nan_and_inf_are_counted_not_called_an_infinite_error():
+    from harness import probes
+    from harness.tolerance import describe_values
+
+    ref = torch.randn(1, 1, 3, 4, generator=torch.Generator().manual_seed(0)).double()
+    out = ref.float().clone()
+    out[0, 0, 1, :2] = float("nan")
+    out[0, 0, 1, 3] = float("inf")
+    out[0, 0, 2] += 0.25
+    text = compare(out, ref, ref.float(), torch.float32).describe()
+    assert "2 NaN entries, 1 inf entry in 1/3 rows" in text and "largest finite error 0.25" in text
+    assert "inf =" not in text and "infx" not in text
+    assert describe_values(torch.tensor([1.0, float("nan")]), "max |grad|") == "1 NaN entry, 0 inf entries, max finite |grad| 1"
+    import pytest
+
+    g = torch.tensor([[0.0, float("nan")], [0.5, 0.0]])
+    with pytest.raises(probes.PropertyViolation, match=r"\(1 NaN entry, 0 inf entries, max finite \|grad\| 0.5\)"):
+        probes.assert_zero(g, torch.tensor([True, True]), "d out / d k")

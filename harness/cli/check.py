@@ -103,6 +103,11 @@ def cmd_check(args) -> int:
         if not any(prop in k for k in known):
             return usage_error(f"unknown property {prop!r} in suites {', '.join(args.suite or ['(default)'])} "
                                 f"(known: {', '.join(sorted(set(known)))})")
+    if args.forbid_ops:
+        from harness.integrity import pattern_warnings
+
+        for line in pattern_warnings(args.forbid_ops.split(",")):
+            sys.stderr.write(f"attn-harness: warning: {line}\n")
     if args.device == "cuda":
         import torch
 
@@ -161,6 +166,12 @@ def _check(args, dtypes, server) -> int:
             rep["implementations"] = [finished[i] for i in sorted(finished)]
             paths.update(report_writer.write_all(rep, report_dir, args.junit))
         progress.finish(entry["verdict"], res["duration_s"])
+        from harness.report import cause_lines
+
+        for line in cause_lines(entry, limit=300, most=8):  # what to fix first; every failure is in the report
+            sys.stderr.write(f"    {line}\n")
+        if entry["causes"] and entry["causes"][0].get("repro"):
+            sys.stderr.write(f"    reproduce cause 1: {entry['causes'][0]['repro']}\n")
         if entry["verdict"] == "unsupported":
             sys.stderr.write(f"    {impl.name}: no gate property could run within its declared capabilities "
                              f"(device {args.device}, dtypes {','.join(options['dtypes'])}): nothing was certified\n")
@@ -205,9 +216,12 @@ def _implementation_entry(impl, res, args, options, log) -> dict:
 
     fp = next((r["worst"].get("fingerprint") for r in results
                if r["property"] == "test_fingerprint" and r.get("worst")), None)
+    from harness.triage import triage
+
     return {"name": impl.name, "spec": impl.spec, "verdict": verdict(results, args.strict),
             "description": impl.description, "capabilities": impl.capabilities.to_dict(), "fingerprint": fp,
-            "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results}
+            "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results,
+            "causes": triage(results, args.strict)}
 
 
 def _safe(name: str) -> str:
@@ -249,8 +263,9 @@ def register(sub) -> None:
     c.add_argument("--backward-factor", type=float, default=BACKWARD_FACTOR,
                    help=f"gradient error bound factor (default {BACKWARD_FACTOR:g})")
     c.add_argument("--forbid-ops", default=None, metavar="PATTERNS",
-                   help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*') the kernel "
-                        "must not call: a match fails integrity::test_op_trace")
+                   help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*'; a pattern "
+                        "without a namespace also matches base names: 'scaled_dot_product*') the kernel must not "
+                        "call: a match fails integrity::test_op_trace")
     c.add_argument("--triton-interpret", action="store_true",
                    help="run Triton kernels through Triton's CPU interpreter (sets TRITON_INTERPRET=1)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",

@@ -13,10 +13,10 @@ The names below are the ones ``from harness import report as R`` has always offe
 
 from harness.report.junit import to_junit
 from harness.report.markdown import to_markdown
-from harness.report.results import (SCHEMA_VERSION, STATUS_ORDER, STRICT_NOTES, atomic_write, cell, environment,
-                                    integrity_rows, load, matrix_rows, new_report, property_keys, root_causes,
+from harness.report.results import (SCHEMA_VERSION, STATUS_ORDER, STRICT_NOTES, atomic_write, cause_lines, cause_of,
+                                    cell, environment, integrity_rows, load, matrix_rows, new_report, property_keys,
                                     strict_notes)
 
-__all__ = ["SCHEMA_VERSION", "STATUS_ORDER", "STRICT_NOTES", "atomic_write", "cell", "environment", "integrity_rows",
-           "load", "matrix_rows", "new_report", "property_keys", "root_causes", "strict_notes", "to_junit",
-           "to_markdown"]
+__all__ = ["SCHEMA_VERSION", "STATUS_ORDER", "STRICT_NOTES", "atomic_write", "cause_lines", "cause_of", "cell",
+           "environment", "integrity_rows", "load", "matrix_rows", "new_report", "property_keys", "strict_notes",
+           "to_junit", "to_markdown"]

@@ -24,6 +24,7 @@ import jinja2
 import markupsafe
 
 from harness.report import html_sections as S
+from harness.report.html_causes import causes
 from harness.report.html_sections import ABLATION_CAVEAT, STATUS_COLOURS
 
 __all__ = ["ABLATION_CAVEAT", "STATUS_COLOURS", "environment", "esc", "page", "render", "table"]
@@ -31,7 +32,8 @@ __all__ = ["ABLATION_CAVEAT", "STATUS_COLOURS", "environment", "esc", "page", "r
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # (title, template, data) in page order; the header has no title.
-SECTIONS = [("Comparison matrix", "matrix.html", S.matrix),
+SECTIONS = [("Causes", "causes.html", causes),
+            ("Comparison matrix", "matrix.html", S.matrix),
             ("Strict-tier findings", "strict_notes.html", S.strict_notes),
             ("Semantic fingerprints", "fingerprints.html", S.fingerprints),
             ("Failures", "failures.html", S.failures),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from harness.report.results import STATUS_ORDER
+from harness.report.results import STATUS_ORDER, cause_of
 from harness.tiers import enforced
 
 
@@ -23,6 +23,9 @@ def to_junit(report: dict) -> str:
             worst = min(rs, key=lambda r: STATUS_ORDER.get(r["status"], 9))
             msg = "\n\n".join(f"[{r['dtype']}] {r['message']}" + (f"\nreproduce: {r['repro']}" if r.get("repro") else "")
                               for r in rs if r["status"] == worst["status"])
+            cause = cause_of(impl, worst) if worst["status"] in ("fail", "error") else None
+            if cause:  # the cause leads: the same one-liner the console and report.md show
+                msg = f"cause: {cause.get('title')}\n\n" + msg
             is_enforced = enforced(worst["tier"], report["options"].get("strict"))
             if worst["status"] == "fail" and is_enforced:
                 ET.SubElement(tc, "failure", message=msg.splitlines()[0][:500] if msg else "fail").text = msg

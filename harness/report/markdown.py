@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.report.results import integrity_rows, matrix_rows, root_causes, strict_notes
+from harness.report.results import cause_lines, integrity_rows, matrix_rows, strict_notes
 from harness.tiers import enforced
 
 
@@ -80,6 +80,29 @@ def _md_integrity(report: dict) -> list:
     return lines + ([""] if traces else [])
 
 
+def md_causes(report: dict) -> list:
+    """The causes first: one line each per implementation, with the repro of the most telling
+    failure; the failures they explain follow under "Failures"."""
+    out = []
+    for impl in report.get("implementations") or []:
+        causes = [c for c in (impl.get("causes") or []) if isinstance(c, dict)]
+        if not causes:
+            continue
+        if not out:
+            out += ["## Causes", "",
+                    "Each implementation's failures grouped by root cause, most telling first; every failure is "
+                    "listed under Failures below.", ""]
+        out += [f"**{_md_escape(impl.get('name'))}** ({impl.get('verdict')}): {len(causes)} "
+                f"cause{'' if len(causes) == 1 else 's'}", ""]
+        for line, c in zip(cause_lines(impl), causes):
+            out.append(f"{_md_escape(line)}")
+            if c.get("repro"):
+                out.append(f"   reproduce: `{c['repro']}`")
+            out.append(f"   explains: {_md_escape(', '.join(c.get('results') or []))}")
+        out.append("")
+    return out
+
+
 def to_markdown(report: dict) -> str:
     from tabulate import tabulate
 
@@ -95,6 +118,7 @@ def to_markdown(report: dict) -> str:
              f"computation; the gate allows {o.get('forward_factor', 2)}x forward, {o.get('backward_factor', 3)}x "
              "backward). `unsupported` = outside the implementation's declared capabilities, never a pass.",
              ""]
+    lines += md_causes(report)
     headers, rows = matrix_rows(report)
     lines.append(tabulate([[_md_escape(c) for c in r] for r in rows], headers=headers, tablefmt="github"))
     lines.append("")
@@ -115,16 +139,6 @@ def to_markdown(report: dict) -> str:
     for i in problems:
         lines += [f"**{i['name']}**: {_md_escape(i['problem'])}", ""]
     failures = [(i, r) for i in report["implementations"] for r in i["results"] if r["status"] in ("fail", "error")]
-    groups = root_causes(report)
-    if groups:
-        lines += ["## Likely root causes", "",
-                  "Enforced failures of one implementation that share a symptom: usually one bug. Fix the "
-                  "smallest case first; the per-property entries follow below.", ""]
-        for g in groups:
-            lines.append(f"- **{_md_escape(g['impl'])}**: {len(g['results'])} failing properties share "
-                         f"\"{_md_escape(g['symptom'])}\"; smallest case: {_md_escape(g['smallest'] or '(none)')}. "
-                         + ", ".join(f"{r['suite']}::{r['property']} [{r['dtype']}]" for r in g["results"]))
-        lines.append("")
     if failures:
         lines += ["## Failures", ""]
         for impl, r in failures:

@@ -51,6 +51,20 @@ class Result:
 
 
 @dataclass
+class Cause:
+    """One root cause: failures of one implementation that one explanation accounts for (harness.triage)."""
+    kind: str  # harness.triage's class of the cause ("mask_ignored", "causal", ...; "property" when none fits)
+    title: str  # what it is, in one line
+    properties: int  # how many properties it explains
+    dtypes: list[str]
+    results: list[str]  # every failure it explains, "suite::property [dtype]"
+    example: str  # the most telling of them
+    message: str  # that failure's first message line
+    repro: str  # the command (or in-process call) that replays it
+    counterexample: Optional[str] = None
+
+
+@dataclass
 class ImplementationReport:
     name: str
     spec: str
@@ -65,6 +79,7 @@ class ImplementationReport:
     op_trace: Optional[dict] = None  # aten ops the kernel called (integrity suite)
     environment: Optional[dict] = None  # merged reports: the machine this column ran on
     source: Optional[str] = None  # merged reports: the report file it came from
+    causes: Optional[list[Cause]] = None  # the failures grouped by root cause, most telling first
 
 
 @dataclass
@@ -132,7 +147,7 @@ def _class_schema(cls) -> dict:
 
 
 def json_schema() -> dict:
-    defs = {c.__name__: _class_schema(c) for c in (Result, ImplementationReport, Options)}
+    defs = {c.__name__: _class_schema(c) for c in (Result, Cause, ImplementationReport, Options)}
     top = _class_schema(ReportData)
     top["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "attention-harness report.json",
@@ -155,7 +170,8 @@ def schema_fields_markdown() -> str:
     """The README's field list, generated from the classes (a test keeps the README in step)."""
     lines = []
     for cls, where in ((ReportData, "top level"), (Options, "`options`"),
-                       (ImplementationReport, "`implementations[]`"), (Result, "`implementations[].results[]`")):
+                       (ImplementationReport, "`implementations[]`"), (Result, "`implementations[].results[]`"),
+                       (Cause, "`implementations[].causes[]`")):
         names = [f.name + ("" if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
                            else "?") for f in dataclasses.fields(cls)]
         lines.append(f"- {where}: " + ", ".join(f"`{n}`" for n in names))

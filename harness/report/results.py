@@ -1,5 +1,5 @@
 """The report as data: building, loading and the summaries every renderer shares (matrix cells,
-strict notes, integrity rows, root causes). Renderers (markdown, junit, html) compute nothing new.
+strict notes, integrity rows, cause lines). Renderers (markdown, junit, html) compute nothing new.
 
 ``report.json`` (schema below, versioned), ``report.md`` (GitHub-renderable, tabulate) and JUnit
 XML. Every file is written atomically (temporary file, then rename), and the CLI rewrites them
@@ -170,44 +170,25 @@ def integrity_rows(report: dict) -> tuple:
     return rows, traces
 
 
-def _symptom(message: str) -> str:
-    first = (message or "").strip().splitlines()[0] if (message or "").strip() else "(no message)"
-    low = first.lower()
-    if "nan" in low.split() or "nan " in low or " nan" in low:
-        return "NaN in the output"
-    if "timed out" in low or "did not return" in low or "hung" in low:
-        return "the call hangs"
-    if "crashed" in low or "signal" in low:
-        return "the process crashed"
-    # Same words, other numbers: one symptom.
-    return re.sub(r"[-+]?\d[\d.e+-]*", "#", first)[:120]
+def cause_lines(impl: dict, limit: int = 400, most: Optional[int] = None) -> list:
+    """The implementation's causes (``impl["causes"]``, from :func:`harness.triage.triage`), one
+    line each, most telling first: what every renderer leads with. Empty for a report written
+    without them (by hand, or by an older version)."""
+    from harness.triage import cause_line
+
+    causes = [c for c in (impl.get("causes") or []) if isinstance(c, dict)]
+    lines = [f"{n}. {cause_line(c, limit)}" for n, c in enumerate(causes[:most] if most else causes, 1)]
+    if most and len(causes) > most:
+        lines.append(f"... and {len(causes) - most} more causes")
+    return lines
 
 
-def root_causes(report: dict) -> list:
-    """Groups of two or more enforced failures of one implementation with the same symptom,
-    largest first, each with the smallest counterexample among them."""
-    strict = (report.get("options") or {}).get("strict")
-    out = []
-    for impl in report["implementations"]:
-        by: dict = {}
-        for r in impl["results"]:
-            if r["status"] in ("fail", "error") and enforced(r["tier"], strict):
-                by.setdefault(_symptom(r.get("message", "")), []).append(r)
-        for symptom, rs in by.items():
-            if len(rs) < 2:
-                continue
-            cases = [r for r in rs if r.get("counterexample")]
-            small = min(cases, key=lambda r: _case_size(r["counterexample"]), default=None)
-            out.append({"impl": impl["name"], "symptom": symptom, "results": rs,
-                        "smallest": small.get("counterexample_text") if small else None})
-    return sorted(out, key=lambda g: -len(g["results"]))
+def cause_of(impl: dict, r: dict) -> Optional[dict]:
+    """The cause that explains result ``r`` (None when the report holds no causes)."""
+    from harness.triage import key
 
-
-def _case_size(c: dict) -> int:
-    try:
-        return int(c.get("B", 1)) * int(c.get("H", 1)) * int(c.get("L", 1)) * int(c.get("S", 1)) * int(c.get("E", 1))
-    except (TypeError, ValueError):
-        return 1 << 62
+    k = key(r)
+    return next((c for c in (impl.get("causes") or []) if isinstance(c, dict) and k in (c.get("results") or [])), None)
 
 
 # --- JUnit -----------------------------------------------------------------------------------

@@ -40,13 +40,17 @@ def write_all(report: dict, report_dir, junit: Optional[str] = None) -> dict:
 
 
 def append_step_summary(report: dict) -> Optional[str]:
-    """On GitHub Actions, append the Markdown matrix to the job's summary page."""
+    """On GitHub Actions, append the causes and the Markdown matrix to the job's summary page."""
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if not path:
         return None
     headers, rows = matrix_rows(report)
     from tabulate import tabulate
 
+    from harness.report.markdown import md_causes
+
+    causes = "\n".join(md_causes(report))
     with open(path, "a") as f:
-        f.write("## attention-harness\n\n" + tabulate(rows, headers=headers, tablefmt="github") + "\n\n")
+        f.write("## attention-harness\n\n" + (causes + "\n" if causes else "")
+                + tabulate(rows, headers=headers, tablefmt="github") + "\n\n")
     return path
