@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
+from harness.flash.triage import FLASH_RULES  # flash_attn-convention variants: the most specific evidence
 from harness.tiers import enforced
 
-LEAK_SUITES = ("causal", "padding", "boundaries", "isolation", "strict")
+LEAK_SUITES = ("causal", "padding", "boundaries", "isolation", "strict", "paged")
 WEIGHTS_ZERO = ("causal::test_future_weights_zero", "padding::test_padding_weights_zero",
                 "boundaries::test_policy_weights_zero")
 HALF = ("bfloat16", "float16")
@@ -336,8 +337,8 @@ def core(left, ev):
     return []
 
 
-RULES: list = [errors, fingerprint, integrity, regions, common_factor, mask_after_softmax, mask_kind, length,
-               leaks, backward, stability, normalization, cached, core]
+RULES: list = [errors, *FLASH_RULES, fingerprint, integrity, regions, common_factor, mask_after_softmax, mask_kind,
+               length, leaks, backward, stability, normalization, cached, core]
 
 
 def triage(results: list, strict: bool = False) -> list:
@@ -351,7 +352,8 @@ def triage(results: list, strict: bool = False) -> list:
     rules = RULES
     if any(_prop(r) == "correctness::test_base_case" for r in left):
         # Wrong on the simplest case: that is the first thing to fix, whatever else fails.
-        rules = RULES[:4] + [normalization, core] + [r for r in RULES[4:] if r not in (normalization, core)]
+        head = RULES.index(regions) + 1
+        rules = RULES[:head] + [normalization, core] + [r for r in RULES[head:] if r not in (normalization, core)]
     for rule in rules:
         try:
             found = rule(left, ev)
