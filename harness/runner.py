@@ -24,7 +24,8 @@ from typing import Callable, Optional
 from harness.defaults import BACKWARD_FACTOR, CALL_TIMEOUT_S, FORWARD_FACTOR, IMPL_TIMEOUT_S
 from harness.tiers import enforced
 
-OPT_IN_SUITES = ("model", "throughput")  # slow or needing extras: run only when named with --suite
+# Slow or needing extras: run only when named with --suite (invariance also with --certify invariance).
+OPT_IN_SUITES = ("model", "throughput", "invariance")
 
 
 def suites_dir() -> Path:
@@ -78,6 +79,7 @@ class CheckOptions:
     # Suite processes for one implementation, each running part of the suites. Every process
     # runs torch on one thread, so a second one uses a second core; 0 = auto (see shard_count).
     shards: int = 1
+    reruns: Optional[int] = None  # the invariance suite's repeated calls (--reruns)
 
 
 def absolute_spec(spec: str) -> str:
@@ -142,6 +144,8 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
         cmd += ["--attn-example", opts.example]
     if opts.forbid_ops:
         cmd += ["--attn-forbid-ops", ",".join(opts.forbid_ops)]
+    if opts.reruns:
+        cmd += ["--attn-reruns", str(opts.reruns)]
     return cmd + list(opts.extra_pytest_args)
 
 
