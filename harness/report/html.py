@@ -23,6 +23,7 @@ from typing import Optional
 import jinja2
 import markupsafe
 
+from harness.report import certificates
 from harness.report import html_sections as S
 from harness.report.html_sections import ABLATION_CAVEAT, STATUS_COLOURS
 
@@ -35,6 +36,7 @@ SECTIONS = [("Comparison matrix", "matrix.html", S.matrix),
             ("Strict-tier findings", "strict_notes.html", S.strict_notes),
             ("Semantic fingerprints", "fingerprints.html", S.fingerprints),
             ("Failures", "failures.html", S.failures),
+            ("Invariance certificates", "certificates.html", certificates.html_section),
             ("Integrity", "integrity.html", S.integrity),
             ("Throughput", "throughput.html", S.throughput),
             ("Attention maps and entropy", "diagnostics.html", S.diagnostics),
