@@ -31,9 +31,12 @@ from harness import probes
 from harness.cases import Case, Inputs
 from harness.ulps import describe_difference, first_difference
 
-# Batch sizes the target row is placed among (CPU, small shapes); scripts/gpu-validate asks for more.
+# Batch sizes the target row is placed among: small shapes up to 128 on CPU; on CUDA (the GPU
+# validation) larger ones, where split-KV and tile heuristics actually switch.
 BATCH_SIZES = (2, 3, 4, 8, 16, 32, 64, 128)
 BATCH_SHAPE = dict(H=2, Hkv=2, L=8, S=24, E=16, Ev=16)
+BATCH_SIZES_CUDA = (2, 3, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_SHAPE_CUDA = dict(H=8, Hkv=2, L=16, S=1024, E=128, Ev=128)
 SPLIT_SHAPE = dict(B=1, H=2, Hkv=1, L=21, S=21, E=16, Ev=16)
 SPLIT_CHUNKS = (1, 4, 7)
 RERUN_SHAPE = dict(B=2, H=4, Hkv=2, L=33, S=33, E=16, Ev=16)
@@ -79,25 +82,27 @@ def _mask_for(kind: str, caps) -> Optional[str]:
     return "bool" if "bool" in caps.mask_kinds else ("float" if "float" in caps.mask_kinds else None)
 
 
-def batch(impl, dtype: str, device: str = "cpu", seed: int = 0, sizes=BATCH_SIZES,
+def batch(impl, dtype: str, device: str = "cpu", seed: int = 0, sizes=None,
           variants=("none", "causal", "padding")) -> Certificate:
     """One batch element alone vs the same element at a random position in batches of ``sizes``."""
     caps = impl.capabilities
     rng = random.Random(seed)
-    shp = dict(BATCH_SHAPE)
+    sizes = sizes or (BATCH_SIZES_CUDA if device == "cuda" else BATCH_SIZES)
+    shp = dict(BATCH_SHAPE_CUDA if device == "cuda" else BATCH_SHAPE)
     compared, skipped, n = [], [], 0
     for variant in variants:
         how = _mask_for(variant, caps)
         if how is None:
             continue
-        policy = {"none": "full()", "causal": "causal()", "padding": "key_padding([17])"}[variant]
+        real = shp["S"] * 2 // 3  # the target's own real tokens under key padding
+        policy = {"none": "full()", "causal": "causal()", "padding": f"key_padding([{real}])"}[variant]
         base = Case(B=1, **shp, policy=policy, mask=how, mask_shape="B11S" if variant == "padding" else "LS",
                     seed=seed)
         alone = _inputs(base, caps, dtype, device)
         if alone is None:
             continue
         try:
-            broken = _batch_variant(impl, caps, dtype, device, rng, sizes, variant, base, alone, policy)
+            broken = _batch_variant(impl, caps, dtype, device, rng, sizes, variant, base, alone, policy, real)
         except pytest.skip.Exception as e:  # NotImplementedError: this variant only is outside the kernel
             skipped.append(f"{variant} ({str(e).replace('unsupported: ', '')[:120]})")
             continue
@@ -111,7 +116,7 @@ def batch(impl, dtype: str, device: str = "cpu", seed: int = 0, sizes=BATCH_SIZE
     return Certificate("batch", True, _batch_text(compared, skipped), _shapes(alone, sizes), n)
 
 
-def _batch_variant(impl, caps, dtype, device, rng, sizes, variant, base, alone, policy) -> tuple:
+def _batch_variant(impl, caps, dtype, device, rng, sizes, variant, base, alone, policy, real) -> tuple:
     """(comparisons, first difference or None, where) for one mask variant."""
     n = 0
     out1 = probes.call_kept(impl, alone)
@@ -119,7 +124,7 @@ def _batch_variant(impl, caps, dtype, device, rng, sizes, variant, base, alone, 
         pos = rng.randrange(b)
         # batch-mates of other lengths under key padding: the varlen situation of a serving batch
         lengths = [rng.randint(1, base.S) for _ in range(b)]
-        lengths[pos] = 17
+        lengths[pos] = real
         pol = f"key_padding({lengths})" if variant == "padding" else policy
         many = _inputs(base.replace(B=b, policy=pol, seed=base.seed + 1000 + b), caps, dtype, device)
         if many is None:
