@@ -54,12 +54,15 @@ def split(results: list, certify: Sequence[str]) -> tuple:
 
 def verdict(base: str, results: list, certificates: list) -> str:
     """The implementation's verdict with its certificates: an enforced certificate that failed or
-    errored fails it; a run of certificates alone passes when one held and none failed."""
+    errored fails it. A run of certificates alone passes when one held and none failed; when they
+    are reported only (no --certify), as a run of info-tier properties does, once one was measured."""
     bad = any(c["enforced"] and c["status"] in ("fail", "error") for c in certificates)
     if bad:
         return "fail"
     if not results and certificates:
-        return "pass" if any(c["status"] == "pass" for c in certificates) else "unsupported"
+        if any(c["enforced"] for c in certificates):
+            return "pass" if any(c["status"] == "pass" for c in certificates) else "unsupported"
+        return "pass" if any(c["held"] is not None for c in certificates) else "unsupported"
     return base
 
 

@@ -253,6 +253,8 @@ CERTIFICATES: dict = {"batch": (batch, "batch_invariant"), "split": (split, "spl
 def certify(impl, kind: str, dtype: str, device: str = "cpu", seed: int = 0, **kw) -> tuple:
     """(certificate, declared): measure one certificate and say whether the kernel declares it."""
     fn, field_name = CERTIFICATES[kind]
+    if kind != "rerun":
+        kw.pop("reruns", None)  # one option set serves all three
     return fn(impl, dtype, device, seed, **kw), bool(getattr(impl.capabilities, field_name))
 
 
