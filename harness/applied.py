@@ -14,7 +14,7 @@ matter; a trial makes it matter on purpose, in one pair of calls:
 - where the option must not change anything, the two outputs must be bitwise equal.
 
 A new option (another convention's window, soft-cap, sinks, ALiBi slopes, FP8 descales) is one
-:class:`AppliedOption` given to :func:`register` plus a three-line property that calls
+:class:`AppliedOption` given to :func:`add_option` plus a three-line property that calls
 :func:`check` with it; its trial may bring its own ``call`` and references when the option is not
 an SDPA argument.
 """
@@ -63,7 +63,7 @@ class AppliedOption:
 OPTIONS: dict = {}
 
 
-def register(option: AppliedOption) -> AppliedOption:
+def add_option(option: AppliedOption) -> AppliedOption:
     OPTIONS[option.name] = option
     return option
 
@@ -213,10 +213,10 @@ def _needs_mask(kind):
     return lambda caps: None if kind in caps.mask_kinds else f"{kind} masks not supported"
 
 
-register(AppliedOption("scale", "an explicit scale, under every declared mask kind", lambda caps: None, _scale_trial))
-register(AppliedOption("bool_mask", "a boolean attn_mask", _needs_mask("bool"), _mask_trial("bool")))
-register(AppliedOption("float_mask", "an additive float attn_mask", _needs_mask("float"), _mask_trial("float")))
-register(AppliedOption("causal", "is_causal, alone and with an all-True attn_mask",
+add_option(AppliedOption("scale", "an explicit scale, under every declared mask kind", lambda caps: None, _scale_trial))
+add_option(AppliedOption("bool_mask", "a boolean attn_mask", _needs_mask("bool"), _mask_trial("bool")))
+add_option(AppliedOption("float_mask", "an additive float attn_mask", _needs_mask("float"), _mask_trial("float")))
+add_option(AppliedOption("causal", "is_causal, alone and with an all-True attn_mask",
                        lambda caps: None if caps.causal is not None else "is_causal not supported", _causal_trial))
-register(AppliedOption("gqa", "enable_gqa's head map", lambda caps: None if caps.gqa else "GQA not supported",
+add_option(AppliedOption("gqa", "enable_gqa's head map", lambda caps: None if caps.gqa else "GQA not supported",
                        _gqa_trial))

@@ -19,7 +19,7 @@ def test_the_registry_holds_the_sdpa_options_and_takes_new_rows():
     assert {"scale", "bool_mask", "float_mask", "causal", "gqa"} <= set(applied.OPTIONS)
     row = applied.AppliedOption("softcap_demo", "a soft-cap", lambda caps: "no soft-cap declared", lambda *a: None)
     try:
-        assert applied.register(row) is applied.OPTIONS["softcap_demo"]
+        assert applied.add_option(row) is applied.OPTIONS["softcap_demo"]
     finally:
         applied.OPTIONS.pop("softcap_demo")
 

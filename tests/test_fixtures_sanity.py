@@ -277,8 +277,11 @@ GRAD_BUGS = {"backward_ignores_mask", "backward_wrong_dq"}
 
 # Integrity bugs are right on a single call; tests/test_integrity.py shows each one is real.
 # Region bugs (fixtures/planted_regions.py) need their region's input: tests/test_regions.py.
+# Invariance and applied-option bugs (fixtures/planted_invariance.py) need a pair of calls:
+# tests/test_invariance.py and tests/test_applied.py.
 @pytest.mark.parametrize("name", [n for n in PLANTED if catalog.PLANTED[n]["expected_suites"] != ["integrity"]
-                                  and "planted_regions.py" not in catalog.PLANTED[n]["spec"]])
+                                  and "planted_regions.py" not in catalog.PLANTED[n]["spec"]
+                                  and "planted_invariance.py" not in catalog.PLANTED[n]["spec"]])
 def test_planted_bug_is_real(name):
     impl = PLANTED[name]
     gen = torch.Generator().manual_seed(4)

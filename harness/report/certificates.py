@@ -48,17 +48,14 @@ def intro(report: dict) -> str:
 
 
 def html_section(report: dict):
-    """The HTML section's context (harness/report/templates/certificates.html), or None."""
-    from harness.report.html_sections import cell, tbl
-
+    """The HTML section's context (harness/report/templates/certificates.html), or None: rows of
+    plain strings, and which status cells are flagged (the template escapes every one)."""
     rs = rows(report)
     if not rs:
         return None
-    body = []
-    for r in rs:
-        flag = r[5].startswith("fail") or r[5].startswith("error")
-        body.append(r[:5] + [cell(r[5], flag=flag, bold=flag)] + r[6:])
-    return {"intro": intro(report), "table": tbl(HEADERS, body)}
+    body = [{"cells": ["" if c is None else str(c) for c in r],
+             "flag": str(r[5]).startswith(("fail", "error"))} for r in rs]
+    return {"intro": intro(report), "headers": HEADERS, "rows": body}
 
 
 def markdown_lines(report: dict) -> list:
