@@ -230,11 +230,14 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
 # costs, the profiler and the gradient checks, weigh more).
 SUITE_WEIGHTS = {"correctness": 3.3, "stability": 2.8, "padding": 2.5, "boundaries": 1.9, "regions": 1.8,
                  "normalization": 1.8, "backward": 1.7, "decode": 1.45, "integrity": 1.25, "causal": 1.2,
-                 "isolation": 0.7, "strict": 0.3}
+                 "isolation": 0.7, "strict": 0.3,
+                 # measured as a share of the other suites' property time (the machine was busy)
+                 "applied": 1.3, "invariance": 0.3}
 PROFILE_SUITE_WEIGHTS = {
     "default": SUITE_WEIGHTS,
     "quick": {"integrity": 1.2, "correctness": 1.1, "backward": 0.8, "stability": 0.75, "boundaries": 0.75,
-              "decode": 0.7, "padding": 0.65, "normalization": 0.45, "isolation": 0.4, "regions": 0.4, "causal": 0.3},
+              "decode": 0.7, "padding": 0.65, "normalization": 0.45, "isolation": 0.4, "regions": 0.4, "causal": 0.3,
+              "applied": 0.5},
 }
 
 

@@ -265,7 +265,7 @@ def register(sub) -> None:
                    help="also run and gate on a certificate tier: invariance (bitwise batch, split and "
                         "run-to-run invariance, where the kernel declares them)")
     c.add_argument("--reruns", type=int, default=None, metavar="N",
-                   help="repeated calls of the run-to-run determinism certificate (default 20 on CPU)")
+                   help="repeated calls of the run-to-run determinism certificate (default 100)")
     c.add_argument("--triton-interpret", action="store_true",
                    help="run Triton kernels through Triton's CPU interpreter (sets TRITON_INTERPRET=1)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
