@@ -49,6 +49,8 @@ def pytest_addoption(parser):
     g.addoption("--attn-backward-factor", type=float, default=BACKWARD_FACTOR,
                 help="gradient error may be this many times the same-dtype PyTorch error (default 3)")
     g.addoption("--attn-call-timeout", type=float, default=CALL_TIMEOUT_S, help="seconds one kernel call may take")
+    g.addoption("--attn-reruns", type=int, default=None, metavar="N",
+                help="repeated calls of the run-to-run determinism certificate (invariance suite)")
     g.addoption("--attn-forbid-ops", default=None, metavar="PATTERNS",
                 help="comma-separated aten op patterns (fnmatch) the kernel must not call, e.g. "
                      "'aten::_scaled_dot_product*'; a match fails the integrity suite")

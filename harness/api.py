@@ -60,12 +60,18 @@ class Report:
         return [r for i in self.implementations for r in i["results"]]
 
     @property
+    def certificates(self) -> list:
+        """The invariance tier's certificates (empty unless the run included it)."""
+        return [c for i in self.implementations for c in i.get("certificates") or []]
+
+    @property
     def failures(self) -> list:
         """Failed or errored properties whose tier is enforced in this run."""
         from harness.tiers import enforced
 
         strict = bool(self.data["options"].get("strict"))
-        return [r for r in self.results if r["status"] in ("fail", "error") and enforced(r["tier"], strict)]
+        return ([r for r in self.results if r["status"] in ("fail", "error") and enforced(r["tier"], strict)]
+                + [c for c in self.certificates if c["enforced"] and c["status"] in ("fail", "error")])
 
     def summary(self, limit: int = 4000) -> str:
         """The verdict, then the causes (one line each, most telling first, with the call that
@@ -141,14 +147,15 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
           profile: str = "default", suites: Optional[Sequence[str]] = None, strict: bool = False,
           seed: Optional[int] = None, properties: Optional[Sequence[str]] = None,
           case: Optional[str] = None, example: Optional[dict] = None, quiet: bool = True,
-          api: str = "sdpa") -> Report:
+          api: str = "sdpa", certify: Sequence[str] = (), reruns: Optional[int] = None) -> Report:
     """Run the property suites in this process against ``fn_or_spec`` (a callable with SDPA's
     contract, an :class:`harness.Adapter`, or a spec string like ``"sdpa"`` or
     ``"pkg.mod:fn"``) and return a :class:`Report`. Arguments mean what the CLI's flags mean;
     ``dtypes=None`` runs every dtype the implementation declares. ``api="flash_attn"``: a kernel
     written to flash-attn's signatures (as ``--api flash_attn``). ``case`` (a ``Case(...)`` repr)
     and ``example`` (its other drawn arguments) replay one counterexample exactly, as a failure's
-    ``repro`` shows."""
+    ``repro`` shows. ``certify=("invariance",)`` adds the invariance certificates to the run and
+    to the verdict (``report.certificates``)."""
     import pytest
 
     from harness import report as R
@@ -158,7 +165,12 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
     from harness.runner import available_suites, default_suites, suites_dir, verdict
     from harness.triage import triage
 
+    from harness import certify as C
+
     device = device or "cpu"
+    certify = list(certify or ())
+    if C.unknown(certify):
+        raise ValueError(f"unknown certify tier {C.unknown(certify)[0]!r} (known: {', '.join(C.TIERS_CERTIFIED)})")
     for s in suites or []:
         if s not in available_suites():
             raise ValueError(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
@@ -172,7 +184,8 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         raise ValueError(str(e)) from None
     if key is not None:
         impl.name = getattr(fn_or_spec, "__name__", None) or type(fn_or_spec).__name__
-    files = [str(suites_dir() / f"test_{s}.py") for s in (suites or default_suites(split_api(spec)[1]))]
+    plain = default_suites(split_api(spec)[1])
+    files = [str(suites_dir() / f"test_{s}.py") for s in (C.suites_with(suites, certify, plain) or plain)]
     with tempfile.TemporaryDirectory(prefix="attn-harness-") as tmp:
         results_path = os.path.join(tmp, "results.json")
         args = [*files, "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no",
@@ -193,6 +206,8 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
             args += ["--attn-case", case]
             if example:
                 args += ["--attn-example", json.dumps(example)]
+        if reruns:
+            args += ["--attn-reruns", str(reruns)]
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
             rc = pytest.main(args)
@@ -213,14 +228,16 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
                "dtypes_from": "option" if dtypes else "declared", "profile": profile,
                "suites": list(suites) if suites else "default", "properties": list(properties) if properties else None,
                "strict": strict, "seed": seed if seed is not None else DEFAULT_SEED,
-               "forward_factor": FORWARD_FACTOR, "backward_factor": BACKWARD_FACTOR}
+               "forward_factor": FORWARD_FACTOR, "backward_factor": BACKWARD_FACTOR,
+               "certify": certify, "reruns": reruns}
+    results, certificates = C.split(results, certify)
     data = R.new_report(options, ["harness.check", impl.name], device)
     data["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     data["implementations"] = [{
         "name": impl.name, "spec": spec if key is None else f"<in-process {impl.name}>",
-        "verdict": verdict(results, strict), "description": impl.description,
+        "verdict": C.verdict(verdict(results, strict), results, certificates), "description": impl.description,
         "capabilities": impl.capabilities.to_dict(), "duration_s": round(sum(r.get("duration_s") or 0 for r in results), 2),
-        "results": results,
+        "results": results, "certificates": certificates,
         "fingerprint": next((r["worst"].get("fingerprint") for r in results
                              if r["property"] == "test_fingerprint" and r.get("worst")), None),
         "causes": triage(results, strict)}]

@@ -61,7 +61,8 @@ class Capabilities:
     key: ``"zero"`` (the reference's definition), ``"uniform"`` (finfo.min additive masking) or
     ``None`` (undefined: such rows are never generated except by the fingerprint, which only
     reports what it sees). ``cross_attention=False`` declares a self-attention-only kernel: every
-    case has L == S.
+    case has L == S. ``deterministic``, ``batch_invariant`` and ``split_invariant`` are what the
+    invariance tier (``--certify invariance``) holds the kernel to, bitwise.
     """
 
     devices: tuple = ("cpu", "cuda")
@@ -75,7 +76,13 @@ class Capabilities:
     autograd: bool = True
     max_seq_len: Optional[int] = None
     fully_masked_rows: Optional[str] = "zero"
-    deterministic: bool = True
+    deterministic: bool = True  # repeated calls give the same bits (forward and backward)
+    # Bitwise certificates of the invariance tier (harness.invariance), False by default: most
+    # kernels promise tolerance, not bits. batch_invariant: a batch element's output does not
+    # depend on the batch size or its batch-mates; split_invariant: a query's output is the same
+    # whether its prompt is prefilled whole, in chunks, or decoded one token at a time.
+    batch_invariant: bool = False
+    split_invariant: bool = False
     cross_attention: bool = True  # False: self-attention only, L == S (vision transformers)
     # Variants of flash_attn-convention kernels (see harness.flash): each False/empty means not
     # supported, and its cases are reported unsupported, never pass.

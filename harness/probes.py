@@ -223,6 +223,7 @@ def assert_no_forbidden_weight(w: torch.Tensor, inp: Inputs, what: str, caps=Non
     leak = (w != 0) & ~inp.visible & fixed_rows(inp, caps).to(w.device).unsqueeze(-1)
     if bool(leak.any()):
         b, h, i, j = (int(x) for x in leak.nonzero()[0])
+        _note_exact_zero(w[b, h, i, j], "a weight on a (query, key) pair the mask forbids")
         raise PropertyViolation(f"{int(leak.sum())} {what} (query, key) pairs get weight; first: query {i} -> "
                                 f"key {j} (b={b}, h={h}) weight {float(w[b, h, i, j]):.3g}")
     missing = inp.has_visible & ~(w > 0).any(-1)
@@ -239,6 +240,17 @@ def assert_no_forbidden_weight(w: torch.Tensor, inp: Inputs, what: str, caps=Non
             raise PropertyViolation(f"{int(off.sum())} rows with no visible key are not uniform as declared; first: "
                                     f"query {i} (b={b}, h={h}) weights in [{float(w[b, h, i].min()):.3g}, "
                                     f"{float(w[b, h, i].max()):.3g}], declared 1/S = {1 / S:.3g}")
+
+
+def _note_exact_zero(value: torch.Tensor, what: str) -> None:
+    """The failure record's numbers for a quantity that must be exactly zero: its distance from
+    zero in ulps of the dtype (counted from +0.0, so the smallest subnormal is 1)."""
+    from harness.ulps import note, ulp_distance
+
+    v = value.detach().reshape(1)
+    ulps = float(ulp_distance(v, torch.zeros_like(v)).max()) if v.dtype.is_floating_point else None
+    note({"ulps": "inf" if ulps == float("inf") else ulps,
+          "rule": {"kind": "exactly zero", "factor": 0.0, "baseline": f"0 ({what})", "baseline_error": 0.0}})
 
 
 def blocked_rows(inp: Inputs, keys: torch.Tensor, caps=None) -> torch.Tensor:
@@ -302,9 +314,15 @@ def assert_rows_unchanged(before: torch.Tensor, after: torch.Tensor, rows: torch
         b_, h_, i_ = (int(x) for x in bad.nonzero()[0])
         changed = ~same[b_, h_, i_]  # entries NaN before and after did not change
         delta = describe_values(b[b_, h_, i_][changed].double() - a[b_, h_, i_][changed].double(), "max change")
+        from harness.ulps import note, ulp_distance
+
+        ulps = float(ulp_distance(a[b_, h_, i_], b[b_, h_, i_]).max()) if a.dtype == b.dtype else None
+        note({"ulps": ulps if ulps is None or ulps != float("inf") else "inf",
+              "rule": {"kind": "bitwise", "factor": 0.0, "baseline": "the same call with only what must not matter "
+                       "changed", "baseline_error": 0.0}})
         raise PropertyViolation(
             f"{what}: {n} of {int(rows.sum())} rows that must not depend on it changed; first at "
-            f"(b={b_}, h={h_}, row={i_}), {delta}")
+            f"(b={b_}, h={h_}, row={i_}), {delta}" + (f" ({ulps:g} ulps)" if ulps is not None else ""))
 
 
 GRAD_PATH = "torch.autograd.grad"
@@ -392,6 +410,7 @@ def assert_zero(t: torch.Tensor, where: torch.Tensor, what: str):
     vals = t.detach()[where]
     if vals.numel() and bool((vals != 0).any()):
         nz = int((vals != 0).any(dim=-1).sum())
+        _note_exact_zero(vals.abs().nan_to_num(float("inf")).max(), f"{what}")
         raise PropertyViolation(f"{what}: {nz} of {int(where.sum())} positions that must have zero "
                                 f"gradient do not ({describe_values(vals, 'max |grad|')})"
                                 + _grad_path_note())

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 from harness.defaults import BACKWARD_FACTOR, CALL_TIMEOUT_S, FORWARD_FACTOR, IMPL_TIMEOUT_S
 from harness.tiers import enforced
 
-OPT_IN_SUITES = ("model", "throughput")  # slow or needing extras: run only when named with --suite
+# Slow or needing extras: run only when named with --suite (invariance also with --certify invariance).
+OPT_IN_SUITES = ("model", "throughput", "invariance")
 # Suites only kernels in flash_attn's call convention can run: left out of an SDPA kernel's default run.
 FLASH_SUITES = ("flash", "paged")
 
@@ -63,7 +64,10 @@ def default_suites(api: str = "sdpa") -> list[str]:
 def suites_for(opts: "CheckOptions", spec: str) -> list[str]:
     from harness.contract import split_api
 
-    return list(opts.suites or default_suites(split_api(spec)[1]))
+    from harness.certify import suites_with
+
+    plain = default_suites(split_api(spec)[1])
+    return suites_with(opts.suites, opts.certify, plain) or plain
 
 
 @dataclass
@@ -88,6 +92,8 @@ class CheckOptions:
     # Suite processes for one implementation, each running part of the suites. Every process
     # runs torch on one thread, so a second one uses a second core; 0 = auto (see shard_count).
     shards: int = 1
+    reruns: Optional[int] = None  # the invariance suite's repeated calls (--reruns)
+    certify: tuple = ()  # --certify: tiers added to the run (and the gate) beyond the default suites
 
 
 def absolute_spec(spec: str) -> str:
@@ -152,6 +158,8 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
         cmd += ["--attn-example", opts.example]
     if opts.forbid_ops:
         cmd += ["--attn-forbid-ops", ",".join(opts.forbid_ops)]
+    if opts.reruns:
+        cmd += ["--attn-reruns", str(opts.reruns)]
     return cmd + list(opts.extra_pytest_args)
 
 
@@ -236,11 +244,14 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
 # costs, the profiler and the gradient checks, weigh more).
 SUITE_WEIGHTS = {"correctness": 3.3, "stability": 2.8, "padding": 2.5, "boundaries": 1.9, "regions": 1.8,
                  "normalization": 1.8, "backward": 1.7, "decode": 1.45, "integrity": 1.25, "causal": 1.2,
-                 "isolation": 0.7, "strict": 0.3}
+                 "isolation": 0.7, "strict": 0.3,
+                 # measured as a share of the other suites' property time (the machine was busy)
+                 "applied": 1.3, "invariance": 0.3}
 PROFILE_SUITE_WEIGHTS = {
     "default": SUITE_WEIGHTS,
     "quick": {"integrity": 1.2, "correctness": 1.1, "backward": 0.8, "stability": 0.75, "boundaries": 0.75,
-              "decode": 0.7, "padding": 0.65, "normalization": 0.45, "isolation": 0.4, "regions": 0.4, "causal": 0.3},
+              "decode": 0.7, "padding": 0.65, "normalization": 0.45, "isolation": 0.4, "regions": 0.4, "causal": 0.3,
+              "applied": 0.5},
 }
 
 

@@ -48,6 +48,7 @@ class HarnessConfig:
     impls: dict = field(default_factory=dict)
     forbid_ops: list = field(default_factory=list)
     impl_dtypes: dict = field(default_factory=dict)  # spec -> declared dtypes, when no dtype was given
+    reruns: Optional[int] = None  # the invariance suite's repeated calls (--attn-reruns)
 
 
 def _config(config) -> HarnessConfig:
@@ -84,6 +85,7 @@ def configure(config):
                        config.getoption("attn_case"), example, config.getoption("attn_forward_factor"),
                        config.getoption("attn_backward_factor"),
                        forbid_ops=[p.strip() for p in forbid.split(",") if p.strip()] if forbid else [])
+    hc.reruns = config.getoption("attn_reruns", None)
     config._attention_harness = hc
     if hc.forbid_ops:
         from harness.integrity import pattern_warnings
@@ -188,9 +190,13 @@ def target(request, target_key):
         pytest.fail(f"{impl.name} hung on an earlier call (over the --call-timeout); not calling it again",
                     pytrace=False)
     probes.UNSUPPORTED_CASES.clear()
+    from harness import ulps
+
+    ulps.clear()
     t = Target(impl, dtype, hc.device, hc.case, request.node, hc.forward_factor, hc.backward_factor)
     t.forbid_ops = list(hc.forbid_ops)
     t.replay_example = hc.example
+    t.seed, t.reruns = hc.seed, hc.reruns
     request.node._harness_target = t
     return t
 
@@ -289,6 +295,8 @@ def _repro(item, hc, spec, dtype, case, extras=None) -> str:
            "--suite", _suite(item), "--property", item.originalname, "--seed", str(hc.seed)]
     if hc.forbid_ops:
         cmd += ["--forbid-ops", ",".join(hc.forbid_ops)]
+    if _suite(item) == "invariance":
+        cmd += ["--certify", "invariance"] + (["--reruns", str(hc.reruns)] if hc.reruns else [])
     if case is not None:
         cmd += ["--case", repr(case)]
         if extras:
@@ -395,6 +403,14 @@ def _store(item, hc, spec, dtype, tier, status, message, t, rep):
         "seed": hc.seed, "duration_s": round(getattr(rep, "duration", 0.0), 3),
         "doc": _doc(item),
     }
+    if getattr(t, "certificate", None) is not None:
+        res["certificate"] = t.certificate  # the invariance tier's record (harness.certify files it apart)
+    if status in ("fail", "error"):
+        from harness import ulps
+
+        numbers = ulps.take()  # the failing comparison's ulps and the rule applied
+        res["ulps"] = numbers.get("ulps")
+        res["rule"] = numbers.get("rule")
     if status == "pass" and res["unsupported_cases"]:
         res["message"] = (f"{res['unsupported_cases']} of {res['cases']} cases unsupported (NotImplementedError), "
                           f"the rest passed; last: {_unsupported_cases()[-1]}")

@@ -76,6 +76,10 @@ class Target:
         """Keep the worst comparison seen across the examples, for the report."""
         if comparison is not None:
             d = comparison.to_dict()
+            if not comparison.ok:
+                from harness.ulps import note
+
+                note({"ulps": d.get("ulps"), "rule": comparison.rule()})  # for the failure record
             r = d["ratio"] if isinstance(d["ratio"], float) else float("inf")
             cur = self.worst.get("ratio", -1.0)
             cur = cur if isinstance(cur, float) else float("inf")

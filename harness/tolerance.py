@@ -51,6 +51,10 @@ class Comparison:
     nan_entries: int = 0  # entries of those rows that are NaN
     inf_entries: int = 0  # ... and that are +-inf
     finite_error: float = 0.0  # the largest error among the finite entries
+    # The worst row's error in units in the last place of the output dtype at the row's value
+    # scale, and the baseline's: "3.1x the bound, 14 ulps" settles a tolerance argument.
+    worst_ulps: Optional[float] = None
+    baseline_ulps: Optional[float] = None
 
     def describe(self, what: str = "output") -> str:
         b, h, i = self.worst_index
@@ -61,10 +65,25 @@ class Comparison:
                     f"{self.finite_error:.3g}; {self.rows_failed}/{self.rows} rows over the bound")
         return (f"{what}: worst row (b={b}, h={h}, row={i}) error {self.worst_error:.3g} = "
                 f"{self.worst_ratio:.3g}x the same-dtype PyTorch error {self.worst_baseline:.3g} "
-                f"(limit {self.factor:g}x); {self.rows_failed}/{self.rows} rows over the bound")
+                f"(limit {self.factor:g}x){self._ulps_text()}; {self.rows_failed}/{self.rows} rows over the bound")
+
+    def _ulps_text(self) -> str:
+        if self.worst_ulps is None:
+            return ""
+        return f", {self.worst_ratio / self.factor:.3g}x the bound, {_finite(round(self.worst_ulps, 1))} ulps"
+
+    def rule(self) -> dict:
+        """The rule this comparison applied, for the failure record."""
+        from harness.ulps import TOLERANCE_RULE
+
+        return {"kind": "tolerance", "factor": self.factor, "baseline": TOLERANCE_RULE,
+                "baseline_error": _finite(self.worst_baseline),
+                "baseline_ulps": None if self.baseline_ulps is None else _finite(round(self.baseline_ulps, 2)),
+                "times_the_bound": _finite(self.worst_ratio / self.factor) if self.factor else None}
 
     def to_dict(self) -> dict:
         d = {"ratio": _finite(self.worst_ratio), "factor": self.factor,
+             "ulps": None if self.worst_ulps is None else _finite(round(self.worst_ulps, 2)),
              "where": dict(zip(("b", "h", "row"), self.worst_index)),
              "error": _finite(self.worst_error), "baseline_error": _finite(self.worst_baseline),
              "rows_failed": self.rows_failed, "rows": self.rows, "nonfinite_rows": self.nonfinite}
@@ -153,7 +172,15 @@ def compare(out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype:
     if rows is not None:
         fin_err = torch.where(rows.expand_as(fin_err), fin_err, torch.zeros_like(fin_err))
     worst = float(ratio.reshape(-1)[flat]) if ratio.numel() else 0.0
+    ulp = None
+    if err.numel():
+        from harness.ulps import spacing
+
+        ulp = spacing(dtype, float(torch.as_tensor(scale, dtype=torch.float64).expand_as(err).reshape(-1)[flat]))
+    werr = float(err.reshape(-1)[flat]) if err.numel() else 0.0
+    wden = float(denom.reshape(-1)[flat]) if denom.numel() else 0.0
     return Comparison(
+        worst_ulps=None if ulp is None else werr / ulp, baseline_ulps=None if ulp is None else wden / ulp,
         ok=bool((ratio <= factor).all()),
         worst_ratio=worst, factor=factor, worst_index=idx,
         worst_error=float(err.reshape(-1)[flat]) if err.numel() else 0.0,

@@ -281,8 +281,11 @@ GRAD_BUGS = {"backward_ignores_mask", "backward_wrong_dq"}
 # Integrity bugs are right on a single call; tests/test_integrity.py shows each one is real.
 # Region bugs (fixtures/planted_regions.py) need their region's input: tests/test_regions.py.
 # flash_attn-convention bugs (fixtures/flash_planted.py) need their variant's input: tests/test_flash.py.
+# Invariance and applied-option bugs (fixtures/planted_invariance.py) need a pair of calls:
+# tests/test_invariance.py and tests/test_applied.py.
 @pytest.mark.parametrize("name", [n for n in PLANTED if catalog.PLANTED[n]["expected_suites"] != ["integrity"]
                                   and "planted_regions.py" not in catalog.PLANTED[n]["spec"]
+                                  and "planted_invariance.py" not in catalog.PLANTED[n]["spec"]
                                   and n not in catalog.FLASH_PLANTED])
 def test_planted_bug_is_real(name):
     impl = PLANTED[name]

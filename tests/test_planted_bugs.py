@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.catalog import (CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, MISDIAGNOSED, PLANTED, SLOW_CORRECT,
-                              STRICT_ONLY, SWEEP_EXTRA_SUITES)
+from fixtures.catalog import (AIMED, CERTIFY_SUITES, CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, MISDIAGNOSED,
+                              ONLY_AIMED, PLANTED, SLOW_CORRECT, STRICT_ONLY, SWEEP_EXTRA_SUITES)
+from harness.runner import default_suites
 from harness.triage import cause_line, triage
 
 # The planted-bug sweep takes minutes: `python -m pytest -m "not slow"` skips it for a quick local
@@ -27,6 +28,9 @@ WORKERS = 2  # checks run two at a time, one process each (--shards 1): both cor
 def _check(specs, out, suites=None, dtypes="float32", profile="default"):
     args = [sys.executable, "-m", "harness", "check", "--profile", profile, "--dtype", dtypes,
             "--report-dir", str(out), "--strict", "--shards", "1"]
+    if set(suites or []) & CERTIFY_SUITES:
+        # The invariance tier is off by default: only --certify puts its certificates in the gate.
+        args += ["--certify", "invariance"]
     for s in suites or []:
         args += ["--suite", s]
     for s in specs:
@@ -42,6 +46,7 @@ def _merge(by, more):
     for name, impl in more.items():
         if name in by:
             by[name]["results"] += impl["results"]
+            by[name]["certificates"] = by[name].get("certificates", []) + impl.get("certificates", [])
             if impl["verdict"] == "fail":
                 by[name]["verdict"] = "fail"
         else:
@@ -58,12 +63,16 @@ def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     correct = [v for k, v in CORRECT.items() if k not in SLOW_CORRECT]
     jobs = [dict(specs=[CORRECT["flex"]]), dict(specs=[CORRECT["flex_flash_attn_func"]], suites=["flash", "paged"]),
+            # every correct fixture declares determinism: the run-to-run certificate must hold
+            dict(specs=list(CORRECT.values()), suites=sorted(CERTIFY_SUITES)),
             dict(specs=correct[::2]), dict(specs=correct[1::2]),
             dict(specs=correct[::2], dtypes=HALF, profile="quick"),
             dict(specs=correct[1::2], dtypes=HALF, profile="quick")]
     groups: dict = {}
     for name, p in PLANTED.items():
         suites = tuple(sorted(set(p["expected_suites"]) | set(SWEEP_EXTRA_SUITES.get(name, []))))
+        if name in ONLY_AIMED:  # right everywhere else: every suite runs, to show that only its property fails
+            suites = tuple(sorted(set(default_suites()) | CERTIFY_SUITES))
         groups.setdefault((suites, HALF if name in HALF_ONLY else "float32"), []).append(p["spec"])
     jobs += [dict(specs=specs, suites=list(suites), dtypes=dt) for (suites, dt), specs in sorted(groups.items())]
     by: dict = {}
@@ -76,14 +85,15 @@ def sweep(tmp_path_factory):
     unproven = _all_properties(by) - _caught(by)
     if unproven:
         more = _check([p["spec"] for p in PLANTED.values()], out / "fill",
-                      suites=sorted({u.split("::")[0] for u in unproven}))
+                      suites=sorted({u.split("::")[0] for u in unproven}))  # --certify when invariance is among them
         _merge(by, {k: v for k, v in more.items() if k in PLANTED})
     return by
 
 
 def _all_properties(by) -> set:
-    return {f"{r['suite']}::{r['property']}" for i in by.values() for r in i["results"]
-            if r["tier"] in ("gate", "strict") and r["suite"] not in ("harness",)}
+    return ({f"{r['suite']}::{r['property']}" for i in by.values() for r in i["results"]
+             if r["tier"] in ("gate", "strict") and r["suite"] not in ("harness",)}
+            | {f"{c['suite']}::{c['property']}" for i in by.values() for c in i.get("certificates") or []})
 
 
 def _caught(by) -> set:
@@ -97,7 +107,9 @@ def _caught(by) -> set:
 def _failing(impl, strict_too=False):
     tiers = ("gate", "strict") if strict_too else ("gate",)
     return sorted({f"{r['suite']}::{r['property']}" for r in impl["results"]
-                   if r["status"] in ("fail", "error") and r["tier"] in tiers})
+                   if r["status"] in ("fail", "error") and r["tier"] in tiers}
+                  | {f"{c['suite']}::{c['property']}" for c in impl.get("certificates") or []
+                     if c["status"] in ("fail", "error") and c["enforced"]})
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT))
@@ -125,9 +137,25 @@ def test_planted_bug_is_caught_by_a_named_property(sweep, name):
     suites = {c.split("::")[0] for c in caught}
     expected = set(PLANTED[name]["expected_suites"])
     assert suites & expected, f"{name} caught only by {sorted(suites)}, expected one of {sorted(expected)}"
-    # The report names the property and gives the smallest counterexample with a repro command.
-    r = next(r for r in impl["results"] if r["status"] == "fail" and f"{r['suite']}::{r['property']}" in caught)
-    assert r["counterexample"] is not None and r["repro"].startswith("attn-harness check")
+    # The report names the property and gives the smallest counterexample (or, for a certificate,
+    # the first differing element) with a repro command.
+    r = next((r for r in impl["results"] if r["status"] == "fail" and f"{r['suite']}::{r['property']}" in caught), None)
+    if r is None:
+        c = next(c for c in impl["certificates"] if c["status"] == "fail")
+        assert c["first_difference"]["index"] is not None and c["shapes"] and c["compared"]
+        assert c["repro"].startswith("attn-harness check") and "--certify invariance" in c["repro"]
+    else:
+        assert r["counterexample"] is not None and r["repro"].startswith("attn-harness check")
+
+
+@pytest.mark.parametrize("name", sorted(AIMED))
+def test_planted_bug_is_caught_by_the_property_aimed_at_it(sweep, name):
+    """The property written for this bug catches it; a bug that is right everywhere else
+    (catalog.ONLY_AIMED, swept on every suite and the invariance tier) trips nothing else."""
+    caught = _failing(sweep[name], strict_too=True)
+    assert AIMED[name] in caught, f"{name} was not caught by {AIMED[name]} (caught by {caught})"
+    if name in ONLY_AIMED:
+        assert caught == [AIMED[name]], f"{name} also tripped {sorted(set(caught) - {AIMED[name]})}"
 
 
 @pytest.mark.parametrize("name", sorted(PLANTED))

@@ -88,6 +88,13 @@ def cmd_check(args) -> int:
     for d in dtypes or []:
         if d not in ALL_DTYPES:
             return usage_error(f"unknown dtype {d!r} (known: {', '.join(ALL_DTYPES)})")
+    from harness import certify as C
+
+    bad = C.unknown(args.certify or [])
+    if bad:
+        return usage_error(f"unknown --certify {bad[0]!r} (known: {', '.join(C.TIERS_CERTIFIED)})")
+    if args.reruns is not None and args.reruns < 2:
+        return usage_error("--reruns needs at least 2 calls to compare")
     for s in args.suite or []:
         if s not in available_suites():
             return usage_error(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
@@ -129,12 +136,14 @@ def cmd_check(args) -> int:
 def _check(args, dtypes, server) -> int:
     from harness import report as R
     from harness.report import writer as report_writer
-    from harness.runner import CheckOptions, run_one, shard_count
+    from harness import certify as C
+    from harness.runner import CheckOptions, default_suites, run_one, shard_count
 
     impls = load_specs(args.impl, args.traceback)
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
-                        suites=args.suite, properties=args.property, strict=args.strict, seed=args.seed,
+                        suites=args.suite, certify=tuple(args.certify or ()),
+                        properties=args.property, reruns=args.reruns, strict=args.strict, seed=args.seed,
                         case=args.case, example=args.example, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
                         forward_factor=args.forward_factor, backward_factor=args.backward_factor,
                         forbid_ops=[p.strip() for p in (args.forbid_ops or "").split(",") if p.strip()],
@@ -149,7 +158,8 @@ def _check(args, dtypes, server) -> int:
                "profile": args.profile, "suites": args.suite or "default", "properties": args.property,
                "strict": args.strict, "seed": args.seed if args.seed is not None else DEFAULT_SEED,
                "forward_factor": args.forward_factor, "backward_factor": args.backward_factor,
-               "forbid_ops": opts.forbid_ops, "triton_interpret": bool(args.triton_interpret)}
+               "forbid_ops": opts.forbid_ops, "triton_interpret": bool(args.triton_interpret),
+               "certify": list(args.certify or []), "reruns": args.reruns}
     rep = R.new_report(options, ["attn-harness"] + sys.argv[1:], args.device)
     finished: dict = {}
     lock = threading.Lock()
@@ -188,6 +198,9 @@ def _check(args, dtypes, server) -> int:
                          f"implementation(s) in {report_dir}\n")
         return EXIT_INTERRUPTED
     overall = EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
+    note = C.closing_note(rep["implementations"])
+    if note:
+        sys.stderr.write(note + "\n")
     for k, p in paths.items():
         sys.stderr.write(f"wrote {p}\n")
     summary = report_writer.append_step_summary(rep)
@@ -212,16 +225,19 @@ def _implementation_entry(impl, res, args, options, log) -> dict:
     if not results:
         last = (res["log"].strip().splitlines() or ["(no output)"])[-1]
         results.append({**base, "message": f"no results: {last}", "repro": ""})
+    from harness import certify as C
     from harness.runner import verdict
 
+    results, certificates = C.split(results, args.certify or [])
     fp = next((r["worst"].get("fingerprint") for r in results
                if r["property"] == "test_fingerprint" and r.get("worst")), None)
     from harness.triage import triage
 
-    return {"name": impl.name, "spec": impl.spec, "verdict": verdict(results, args.strict),
+    return {"name": impl.name, "spec": impl.spec,
+            "verdict": C.verdict(verdict(results, args.strict) if results else "unsupported", results, certificates),
             "description": impl.description, "capabilities": impl.capabilities.to_dict(), "fingerprint": fp,
             "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results,
-            "causes": triage(results, args.strict)}
+            "certificates": certificates, "causes": triage(results, args.strict)}
 
 
 def _safe(name: str) -> str:
@@ -266,6 +282,11 @@ def register(sub) -> None:
                    help="comma-separated aten op patterns (fnmatch, e.g. 'aten::_scaled_dot_product*'; a pattern "
                         "without a namespace also matches base names: 'scaled_dot_product*') the kernel must not "
                         "call: a match fails integrity::test_op_trace")
+    c.add_argument("--certify", action="append", default=None, metavar="TIER",
+                   help="also run and gate on a certificate tier: invariance (bitwise batch, split and "
+                        "run-to-run invariance, where the kernel declares them)")
+    c.add_argument("--reruns", type=int, default=None, metavar="N",
+                   help="repeated calls of the run-to-run determinism certificate (default 100)")
     c.add_argument("--triton-interpret", action="store_true",
                    help="run Triton kernels through Triton's CPU interpreter (sets TRITON_INTERPRET=1)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",

@@ -23,6 +23,7 @@ from typing import Optional
 import jinja2
 import markupsafe
 
+from harness.report import certificates
 from harness.report import html_sections as S
 from harness.report.html_causes import causes
 from harness.report.html_sections import ABLATION_CAVEAT, STATUS_COLOURS
@@ -37,6 +38,7 @@ SECTIONS = [("Causes", "causes.html", causes),
             ("Strict-tier findings", "strict_notes.html", S.strict_notes),
             ("Semantic fingerprints", "fingerprints.html", S.fingerprints),
             ("Failures", "failures.html", S.failures),
+            ("Invariance certificates", "certificates.html", certificates.html_section),
             ("Integrity", "integrity.html", S.integrity),
             ("Throughput", "throughput.html", S.throughput),
             ("Attention maps and entropy", "diagnostics.html", S.diagnostics),

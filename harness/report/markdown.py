@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.report.certificates import markdown_lines as _md_certificates
 from harness.report.results import cause_lines, integrity_rows, matrix_rows, strict_notes
 from harness.tiers import enforced
 
@@ -149,8 +150,13 @@ def to_markdown(report: dict) -> str:
             if r.get("doc"):
                 lines += [f"_{r['doc']}_", ""]
             lines += ["```", r["message"].strip(), "```", ""]
+            if r.get("ulps") is not None or r.get("rule"):
+                from harness.report.junit import numbers_line
+
+                lines += [numbers_line(r).strip(), ""]
             if r.get("repro"):
                 lines += ["Reproduce:", "", "```sh", r["repro"], "```", ""]
+    lines += _md_certificates(report)
     lines += _md_integrity(report)
     lines += _md_diagnostics(report)
     unsupported = [(i["name"], r) for i in report["implementations"] for r in i["results"] if r["status"] == "unsupported"]

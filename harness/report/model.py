@@ -15,7 +15,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from harness.defaults import BACKWARD_FACTOR, FORWARD_FACTOR
 
@@ -48,6 +48,37 @@ class Result:
     counterexample_text: Optional[str] = None
     counterexample_extra: Optional[dict] = None  # the other drawn arguments (--example)
     doc: str = ""  # the property's description
+    # Failures only: the failing comparison's distance in units in the last place of the output
+    # dtype ("inf" for NaN/Inf), and the rule applied (kind, factor, baseline, baseline_error).
+    ulps: Union[float, str, None] = None
+    rule: Optional[dict] = None
+
+
+@dataclass
+class Certificate:
+    """One invariance certificate (bitwise, the kernel against itself) in one dtype."""
+    suite: str  # "invariance"
+    kind: str  # batch | split | rerun
+    property: str
+    dtype: str
+    device: str
+    status: Status  # fail: declared and broken; unsupported: not declared (or not measurable here)
+    enforced: bool  # in the gate (--certify invariance)
+    declared: Optional[bool]  # the capability below says the kernel promises it
+    declared_as: Optional[str]  # batch_invariant | split_invariant | deterministic
+    held: Optional[bool]  # measured: bitwise equal everywhere compared (None: not measured)
+    compared: str  # exactly what was compared with what
+    shapes: dict
+    comparisons: int
+    first_difference: Optional[dict]  # index, both values, ulps, max_ulps, elements_differing
+    where: dict  # the call that broke it: batch size and position, chunk, rerun number
+    message: str
+    repro: str
+    seed: Optional[int]
+    duration_s: Optional[float]
+    reruns: Optional[int] = None
+    ulps: Union[float, str, None] = None
+    impl: Optional[str] = None
 
 
 @dataclass
@@ -80,6 +111,7 @@ class ImplementationReport:
     environment: Optional[dict] = None  # merged reports: the machine this column ran on
     source: Optional[str] = None  # merged reports: the report file it came from
     causes: Optional[list[Cause]] = None  # the failures grouped by root cause, most telling first
+    certificates: list[Certificate] = field(default_factory=list)  # the invariance tier (--certify)
 
 
 @dataclass
@@ -97,6 +129,8 @@ class Options:
     dtypes_from: str = "option"  # "option" or "declared" (each implementation's declared dtypes)
     forbid_ops: list[str] = field(default_factory=list)
     triton_interpret: bool = False
+    certify: list[str] = field(default_factory=list)  # certificate tiers in the gate (--certify)
+    reruns: Optional[int] = None  # the run-to-run certificate's repeated calls (--reruns)
 
 
 @dataclass
@@ -147,7 +181,7 @@ def _class_schema(cls) -> dict:
 
 
 def json_schema() -> dict:
-    defs = {c.__name__: _class_schema(c) for c in (Result, Cause, ImplementationReport, Options)}
+    defs = {c.__name__: _class_schema(c) for c in (Result, Cause, Certificate, ImplementationReport, Options)}
     top = _class_schema(ReportData)
     top["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "attention-harness report.json",
@@ -171,7 +205,8 @@ def schema_fields_markdown() -> str:
     lines = []
     for cls, where in ((ReportData, "top level"), (Options, "`options`"),
                        (ImplementationReport, "`implementations[]`"), (Result, "`implementations[].results[]`"),
-                       (Cause, "`implementations[].causes[]`")):
+                       (Cause, "`implementations[].causes[]`"),
+                       (Certificate, "`implementations[].certificates[]`")):
         names = [f.name + ("" if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
                            else "?") for f in dataclasses.fields(cls)]
         lines.append(f"- {where}: " + ", ".join(f"`{n}`" for n in names))
