@@ -240,7 +240,7 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         "results": results, "certificates": certificates,
         "fingerprint": next((r["worst"].get("fingerprint") for r in results
                              if r["property"] == "test_fingerprint" and r.get("worst")), None),
-        "causes": triage(results, strict)}]
+        "causes": triage(results + [c for c in certificates if c.get("enforced")], strict)}]
     if os.environ.get("ATTN_HARNESS_VALIDATE_REPORTS"):
         from harness.report.model import validate
 

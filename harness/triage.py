@@ -164,6 +164,29 @@ def fingerprint(left, ev):
     return out
 
 
+# The invariance tier's certificates (joined to the failures when --certify makes them count) and
+# the options a kernel accepts but drops in some combination (suites/test_applied.py).
+CERTIFIED = {
+    "invariance::test_batch_invariance": ("batch_invariance", "not batch-invariant: a prompt's bits change with its "
+                                                              "batch-mates or the batch size"),
+    "invariance::test_split_invariance": ("split_invariance", "not split-invariant: a chunked prefill or decode gives "
+                                                              "other bits than the whole prompt"),
+    "invariance::test_rerun_determinism": ("nondeterministic", "the same call repeated gives different bits "
+                                                               "(run-to-run nondeterminism: atomics or a per-call order)"),
+}
+
+
+def tiers(left, ev):
+    out = [(kind, title, ev.failing(left, prop)) for prop, (kind, title) in CERTIFIED.items()]
+    if ev.failing(left, "applied::test_scale_applied"):
+        out.append(("scale", "drops the explicit scale in some calls (with a mask, say): changing it changes nothing",
+                    _claim(left, lambda r: r.get("property") == "test_scale_applied" or _ce(r).get("scale") is not None)))
+    if ev.failing(left, "applied::test_causal_applied"):
+        out.append(("causal", "drops is_causal when an attn_mask is given too: future keys get weight",
+                    ev.failing(left, "applied::test_causal_applied")))
+    return [o for o in out if o[2]]
+
+
 INTEGRITY = {
     "test_outputs_stay_outputs": ("output_integrity", "returns an output it does not own (a reused buffer, an input's "
                                                       "storage or a lazy tensor)"),
@@ -337,7 +360,7 @@ def core(left, ev):
     return []
 
 
-RULES: list = [errors, *FLASH_RULES, fingerprint, integrity, regions, common_factor, mask_after_softmax, mask_kind,
+RULES: list = [errors, *FLASH_RULES, fingerprint, tiers, integrity, regions, common_factor, mask_after_softmax, mask_kind,
                length, leaks, backward, stability, normalization, cached, core]
 
 

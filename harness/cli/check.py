@@ -237,7 +237,8 @@ def _implementation_entry(impl, res, args, options, log) -> dict:
             "verdict": C.verdict(verdict(results, args.strict) if results else "unsupported", results, certificates),
             "description": impl.description, "capabilities": impl.capabilities.to_dict(), "fingerprint": fp,
             "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results,
-            "certificates": certificates, "causes": triage(results, args.strict)}
+            "certificates": certificates,
+            "causes": triage(results + [c for c in certificates if c.get("enforced")], args.strict)}
 
 
 def _safe(name: str) -> str:
