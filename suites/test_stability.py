@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness.cases import Case
+from harness.cases import MIN_DIVIDED_SCALE, Case
 
 # Largest typical |logit| swept per dtype: float32 well past exp overflow (88), half precision up
 # to where q.k itself stays finite in the dtype.
@@ -28,15 +28,22 @@ def _no_nan(out, inp, what):
                                        f"first (b={b}, h={h}, row={i})")
 
 
-@given(case=hs.cases(policies=POL), level=st.integers(0, 4))
+@given(case=hs.cases(policies=POL, scale=hs.scales(edges=True), mask_bias=hs.mask_biases()), level=st.integers(0, 4))
 @example(case=Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16, magnitude=1e4), level=3)
+# a negative scale at large logits: a row max taken before the scale is the row's minimum
+@example(case=Case(B=1, H=2, Hkv=2, L=5, S=6, E=16, Ev=16, policy="causal()", mask="is_causal", scale=-0.5, magnitude=1e4), level=3)
+@example(case=Case(B=2, H=1, Hkv=1, L=4, S=7, E=16, Ev=16, policy="key_padding([7, 3])", mask="float", mask_shape="B11S",
+                   mask_bias=1e4, scale=10.0, magnitude=1e3), level=3)
 def test_large_logits(target, case, level):
-    """Logits from tens up to 1e4 and beyond (float32; half precision up to its safe range):
-    no NaN or Inf, and within the dtype-aware bound."""
+    """Logits from tens up to 1e4 and beyond (float32; half precision up to its safe range), with
+    explicit scales down to 0 and below, and float-mask biases to -1.25e4: no NaN or Inf, and
+    within the dtype-aware bound."""
     mags = MAGNITUDES[target.dtype]
     # an explicit magnitude (an @example) is capped at the dtype's sweep: past it, q.k itself
     # overflows a plain same-dtype computation that scales the scores after the matmul
     mag = mags[min(level, len(mags) - 1)] if case.magnitude == 1.0 else min(case.magnitude, mags[-1])
+    if target.dtype == "float16" and case.scale is not None and 0 < abs(case.scale) < MIN_DIVIDED_SCALE:
+        mag = min(mag, 30.0)  # q.k = logit / scale, with logits past 30 at small E, passes 65504
     case = target.fit(case.replace(magnitude=mag))
     inp = case.materialize()
     out = probes.call(target.impl, inp)
