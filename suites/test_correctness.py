@@ -5,7 +5,9 @@ wrong axis, GQA heads tiled instead of interleaved, dropout left on, online soft
 rescaling, dropped or unmasked tail tiles, truncated long sequences, cached outputs; and, since
 every case is drawn with a memory layout (transposed (B, L, H, E) views, slices of larger
 allocations, stride-0 MQA K/V, expanded masks) and head dims up to 256 (512 in the thorough
-profile), kernels that assume contiguity or break at a head dim.
+profile), kernels that assume contiguity or break at a head dim. Explicit scales reach 0.0,
+negative, tiny and large values (``scale or default``, abs() or a clamp of the scale), and float
+masks carry full-precision biases down to -1.25e4 (a mask kept in a narrower dtype than q).
 """
 
 import pytest
