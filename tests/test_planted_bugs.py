@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.catalog import CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, PLANTED, STRICT_ONLY, SWEEP_EXTRA_SUITES
+from fixtures.catalog import (CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, PLANTED, SLOW_CORRECT, STRICT_ONLY,
+                              SWEEP_EXTRA_SUITES)
 
 # The planted-bug sweep takes minutes: `python -m pytest -m "not slow"` skips it for a quick local
 # loop; CI runs everything.
@@ -32,7 +33,8 @@ def _check(specs, out, suites=None, dtypes="float32", profile="default"):
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=3600)
     assert r.returncode in (0, 1), r.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
-    return {i["spec"].rsplit(":", 1)[1]: i for i in rep["implementations"]}
+    # keyed by function name (a flash_attn-convention spec ends in @flash_attn)
+    return {i["spec"].rsplit(":", 1)[1].split("@")[0]: i for i in rep["implementations"]}
 
 
 def _merge(by, more):
@@ -49,12 +51,12 @@ def _merge(by, more):
 def sweep(tmp_path_factory):
     """Correct fixtures: every default suite in float32 at the default profile and in bfloat16 and
     float16 at the quick one (no false positive anywhere; flex, eager FlexAttention on CPU at
-    minutes a dtype, in float32 only). Planted bugs: grouped by the suites meant to catch them plus
-    those they are the proof of (catalog.SWEEP_EXTRA_SUITES), in float32, or in half precision for
+    minutes a dtype, in float32 only; its flash_attn-convention form on the flash suites only).
+    Planted bugs: grouped by the suites meant to catch them plus those they are the proof of (catalog.SWEEP_EXTRA_SUITES), in float32, or in half precision for
     HALF_ONLY bugs. The checks run two at a time, longest first."""
     out = tmp_path_factory.mktemp("sweep")
-    correct = [v for k, v in CORRECT.items() if k != "flex"]
-    jobs = [dict(specs=[CORRECT["flex"]]),
+    correct = [v for k, v in CORRECT.items() if k not in SLOW_CORRECT]
+    jobs = [dict(specs=[CORRECT["flex"]]), dict(specs=[CORRECT["flex_flash_attn_func"]], suites=["flash", "paged"]),
             dict(specs=correct[::2]), dict(specs=correct[1::2]),
             dict(specs=correct[::2], dtypes=HALF, profile="quick"),
             dict(specs=correct[1::2], dtypes=HALF, profile="quick")]
@@ -99,7 +101,7 @@ def _failing(impl, strict_too=False):
 
 @pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_implementation_passes_every_gate(sweep, name):
-    spec = CORRECT[name].rsplit(":", 1)[1]
+    spec = CORRECT[name].rsplit(":", 1)[1].split("@")[0]
     impl = sweep[spec]
     assert _failing(impl) == [], f"{name} rejected: " + "; ".join(
         f"{r['suite']}::{r['property']} [{r['dtype']}] {r['message'][:300]}" for r in impl["results"]

@@ -79,6 +79,9 @@ def cmd_check(args) -> int:
 
     if not args.impl:
         return usage_error("give at least one --impl SPEC (see `attn-harness list`)")
+    from harness.contract import with_api
+
+    args.impl = [with_api(s, args.api) for s in args.impl]
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     from harness.contract import ALL_DTYPES
 
@@ -215,6 +218,10 @@ def register(sub) -> None:
     c = sub.add_parser("check", help="run the property suites against implementations and write a report")
     c.add_argument("--impl", action="append", default=[], metavar="SPEC",
                    help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
+    c.add_argument("--api", default="sdpa", choices=("sdpa", "flash_attn"),
+                   help="the call convention the kernels are written to: torch SDPA's (default) or flash-attn 2.x's "
+                        "flash_attn_func / flash_attn_varlen_func / flash_attn_with_kvcache, read from the "
+                        "parameters (same as SPEC@flash_attn)")
     c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     c.add_argument("--dtype", default=None, metavar="LIST",
                    help="comma-separated, e.g. float32,bfloat16 (default: every dtype the implementation "
