@@ -105,6 +105,12 @@ MARKED_FROM_S = 2 ** 15
 BOUNDARY_KEYS = (2 ** 15 - 1, 2 ** 15, 2 ** 15 + 1, 2 ** 16 - 1, 2 ** 16, 2 ** 16 + 1)
 MARKER_VALUE = 64.0
 
+# The explicit scale is divided back out of q so that |logit| ~ magnitude whatever the scale, but
+# only down to this |scale|: below it q.k would grow as 1/scale and leave half precision's range
+# (q.k ~ 1e4 at scale 1e-4), so a tiny scale flattens the rows instead, as it does in a model.
+# A scale of 0 divides out the default (every logit is 0 then, whatever q is).
+MIN_DIVIDED_SCALE = 1e-2
+
 
 def marked_keys(S: int) -> list:
     """The key positions that carry marker values in a case with ``S`` keys (none below 2^15)."""
@@ -135,6 +141,7 @@ class Case:
     seed: int = 0
     activations: Optional[int] = None  # a layer of real Q/K/V (harness.activations) instead of random
     layout: str = "contiguous"  # memory layout of q/k/v/mask at the call (see TENSOR_LAYOUTS)
+    mask_bias: float = 0.0  # float masks: finite entries offset by up to this, at full precision (see _bias)
 
     def __repr__(self) -> str:
         # Only the fields that differ from the defaults, strings in double quotes: the repr goes
@@ -166,6 +173,8 @@ class Case:
             extra.append("ALiBi")
         if self.scale is not None:
             extra.append(f"scale={self.scale:g}")
+        if self.mask_bias:
+            extra.append(f"full-precision mask bias ~{self.mask_bias:g}")
         if self.enable_gqa:
             extra.append(f"GQA {self.H}/{self.Hkv}")
         if self.magnitude != 1.0:
@@ -200,9 +209,10 @@ class Case:
             q = torch.randn(self.B, self.H, self.L, self.E, generator=g)
             k = torch.randn(self.B, self.Hkv, self.S, self.E, generator=g)
             v = torch.randn(self.B, self.Hkv, self.S, self.Ev, generator=g)
-            # Logits ~ magnitude: q.k has spread sqrt(E); the softmax scale divides that back out.
-            sc = self.scale if self.scale is not None else 1.0 / math.sqrt(self.E)
-            q = q * (self.magnitude / (sc * math.sqrt(self.E)))
+            # Logits ~ magnitude: q.k has spread sqrt(E); the softmax scale divides that back out
+            # (down to MIN_DIVIDED_SCALE).
+            sc = abs(self.scale) if self.scale else 1.0 / math.sqrt(self.E)
+            q = q * (self.magnitude / (max(sc, MIN_DIVIDED_SCALE) * math.sqrt(self.E)))
             marked = marked_keys(self.S)
             if marked:
                 v.zero_()
@@ -229,7 +239,19 @@ class Case:
             dist = (torch.arange(self.L).view(-1, 1) - torch.arange(self.S).view(1, -1)).abs()
             bias = (-slopes.view(self.H, 1, 1) * dist).to(dt).to(visible.device)
             f = f + bias  # shapes 1HLS / BHLS carry both head and query
+        if self.mask_bias:
+            f = f + self._bias(f.shape).to(dt).to(visible.device)
         return f.contiguous()
+
+    def _bias(self, shape) -> torch.Tensor:
+        """The finite part of a float mask in the ``mask_bias`` region: per mask row an offset in
+        [-1.25, 0.25] x mask_bias (ALiBi at long distances reaches -1e4; past -1e4 a kernel that
+        stands -1e4 in for -inf lets masked keys in) plus N(0, 1) per entry, drawn in float64 so
+        every entry uses the dtype's whole mantissa: a mask kept in a narrower dtype than the
+        query's is then wrong in every row."""
+        g = torch.Generator().manual_seed(self.seed ^ 0x5EED)
+        offset = torch.empty(*shape[:-1], 1, dtype=torch.float64).uniform_(-0.25, 1.25, generator=g)
+        return -self.mask_bias * offset + torch.randn(*shape, generator=g, dtype=torch.float64)
 
     # --- fitting to an implementation ----------------------------------------------------
     def fit(self, caps, dtype: str, device: str) -> Optional["Case"]:
@@ -277,6 +299,8 @@ class Case:
                 return None
         if c.mask == "none" and c.policy != "full()":
             return None
+        if c.mask != "float" and c.mask_bias:
+            c = c.replace(mask_bias=0.0)  # only a float mask carries a bias
         if caps.fully_masked_rows is None and not bool(c.visible().any(-1).all()):
             return None
         shape = lambda x: (x.B, x.H, x.Hkv, x.L, x.S, x.E, x.Ev)  # noqa: E731

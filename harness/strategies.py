@@ -97,9 +97,23 @@ def heads(draw, max_heads: int = 4):
     return H, Hkv
 
 
-def scales() -> st.SearchStrategy[Optional[float]]:
-    """None (1/sqrt(E)) or an explicit softmax scale."""
-    return st.one_of(st.none(), st.sampled_from([0.5, 0.125, 1.0, 0.07, 2.0]))
+# Explicit scales bugs hide at: 0.0 is valid (every visible key weighs the same; ``scale or
+# default`` makes it the default), a negative one (abs(), a clamp at 0, a row max taken before
+# the scale), tiny and large ones (a clamp to a "sane" range). Simplest first, for shrinking.
+EDGE_SCALES = (0.0, -0.5, 1e-4, 10.0)
+# Finite float-mask entries at full precision (Case.mask_bias): none, then offsets up to 1, 1e4
+# (ALiBi at long distances) and 30 (relative-position biases).
+MASK_BIASES = (0.0, 1.0, 1e4, 30.0)
+
+
+def scales(edges: bool = False) -> st.SearchStrategy[Optional[float]]:
+    """None (1/sqrt(E)) or an explicit softmax scale; with ``edges`` also :data:`EDGE_SCALES`."""
+    return st.one_of(st.none(), st.sampled_from([0.5, 0.125, 1.0, 0.07, 2.0] + list(EDGE_SCALES if edges else ())))
+
+
+def mask_biases() -> st.SearchStrategy[float]:
+    """:data:`MASK_BIASES`, shrinking toward no bias."""
+    return st.sampled_from(MASK_BIASES)
 
 
 # --- mask policies -------------------------------------------------------------------------
@@ -250,12 +264,13 @@ def cases(draw, *, policies: Sequence[str] = ("none", "causal", "key_padding", "
           mask_kinds: Sequence[str] = ("bool", "float", "is_causal"),
           L=None, S=None, B=None, heads_=None, E=None, Ev=None,
           scale=None, magnitude=None, alibi=st.just(False), max_heads: int = 4,
-          batch_max: int = 3, seed=None, layout=None):
+          batch_max: int = 3, seed=None, layout=None, mask_bias=st.just(0.0)):
     """A :class:`Case`. Every argument left as None is drawn; pass a strategy to narrow it.
 
     ``policies`` names which visibility patterns may be drawn ("none" = every key visible);
     ``mask_kinds`` how a pattern reaches the kernel (bool / float mask, or is_causal for the
-    causal pattern).
+    causal pattern); ``mask_bias`` (e.g. :func:`mask_biases`) what a float mask's finite
+    entries carry.
     """
     b = draw(B if B is not None else st.integers(1, batch_max))
     H, Hkv = draw(heads_ if heads_ is not None else heads(max_heads))
@@ -284,6 +299,7 @@ def cases(draw, *, policies: Sequence[str] = ("none", "causal", "key_padding", "
         magnitude=draw(magnitude if magnitude is not None else st.just(1.0)),
         seed=draw(seed if seed is not None else st.integers(0, 2**31 - 1)),
         layout=draw(layout if layout is not None else layouts()),
+        mask_bias=draw(mask_bias) if mask == "float" else 0.0,
     )
 
 

@@ -5,7 +5,9 @@ wrong axis, GQA heads tiled instead of interleaved, dropout left on, online soft
 rescaling, dropped or unmasked tail tiles, truncated long sequences, cached outputs; and, since
 every case is drawn with a memory layout (transposed (B, L, H, E) views, slices of larger
 allocations, stride-0 MQA K/V, expanded masks) and head dims up to 256 (512 in the thorough
-profile), kernels that assume contiguity or break at a head dim.
+profile), kernels that assume contiguity or break at a head dim. Explicit scales reach 0.0,
+negative, tiny and large values (``scale or default``, abs() or a clamp of the scale), and float
+masks carry full-precision biases down to -1.25e4 (a mask kept in a narrower dtype than q).
 """
 
 import pytest
@@ -32,7 +34,7 @@ def test_base_case(target):
 
 
 @given(case=hs.cases(policies=("none", "causal", "key_padding", "padded_causal", "document", "sliding_window", "head_span"),
-                     alibi=st.booleans()))
+                     alibi=st.booleans(), scale=hs.scales(edges=True), mask_bias=hs.mask_biases()))
 @example(case=Case(B=1, H=2, Hkv=2, L=5, S=7, E=192, Ev=128, policy="causal()", mask="is_causal"))  # MLA head dims
 @example(case=Case(B=2, H=4, Hkv=1, L=6, S=33, E=16, Ev=16, policy="key_padding([33, 9])", mask="bool", mask_shape="B11S",
                    layout="q=transposed,k=sliced,v=transposed,kv=broadcast,mask=expanded"))
@@ -44,6 +46,15 @@ def test_base_case(target):
 @example(case=Case(B=2, H=2, Hkv=2, L=5, S=6, E=16, Ev=16, policy="key_padding([1, 4])", mask="bool", mask_shape="B1LS"))
 @example(case=Case(B=2, H=2, Hkv=1, L=6, S=6, E=8, Ev=8, policy="causal()", mask="bool", mask_shape="BHLS"))
 @example(case=Case(B=1, H=3, Hkv=3, L=4, S=9, E=16, Ev=16, policy="full()", mask="none", scale=0.3))
+# Explicit scales at the edges: 0 (every visible key weighs the same), negative, tiny, large.
+@example(case=Case(B=2, H=2, Hkv=1, L=5, S=7, E=16, Ev=16, policy="key_padding([7, 3])", mask="bool", mask_shape="B11S", scale=0.0))
+@example(case=Case(B=1, H=2, Hkv=2, L=6, S=6, E=16, Ev=16, policy="causal()", mask="is_causal", scale=-0.5))
+@example(case=Case(B=1, H=1, Hkv=1, L=4, S=9, E=32, Ev=32, scale=1e-4))
+@example(case=Case(B=1, H=2, Hkv=2, L=4, S=9, E=8, Ev=8, scale=10.0))
+# Float masks whose finite entries use float32's whole mantissa, offsets to -1.25e4, next to -inf.
+@example(case=Case(B=2, H=2, Hkv=2, L=5, S=9, E=16, Ev=16, policy="causal()", mask="float", mask_shape="LS", mask_bias=1e4))
+@example(case=Case(B=2, H=4, Hkv=2, L=6, S=6, E=16, Ev=16, policy="key_padding([6, 2])", mask="float", mask_shape="BHLS",
+                   alibi=True, mask_bias=1.0))
 @example(case=real_case(0))  # real MiniLM Q/K/V with the model's own padding mask
 @example(case=real_case(5, policy="causal()", mask="is_causal"))
 def test_matches_reference(target, case):

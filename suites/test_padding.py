@@ -26,8 +26,11 @@ def _pad_keys(inp):
     return ~inp.kv_visible().any(dim=2)  # (B, Hkv, S): keys no query may read
 
 
-@given(case=hs.cases(**PAD_CAUSAL), how=PERTURB)
+@given(case=hs.cases(**PAD_CAUSAL, mask_bias=hs.mask_biases()), how=PERTURB)
 @example(case=Case(B=2, H=1, Hkv=1, L=4, S=5, E=16, Ev=16, policy="key_padding([1, 5])", mask="bool", mask_shape="B11S"), how="adversarial")
+# real keys' biases down to -1.25e4 next to the padding's -inf (a finite stand-in for -inf lets padding in)
+@example(case=Case(B=2, H=2, Hkv=2, L=5, S=6, E=16, Ev=16, policy="and_masks(causal(), key_visible(6, [[[2, 6]], [[0, 4]]]))",
+                   mask="float", mask_shape="B1LS", mask_bias=1e4), how="random")
 @example(case=Case(B=2, H=2, Hkv=2, L=6, S=6, E=16, Ev=16, policy="and_masks(causal(), key_visible(6, [[[2, 6]], [[0, 6]]]))",
                    mask="bool", mask_shape="B1LS", layout="q=transposed,k=transposed,v=transposed"), how="adversarial")
 @example(case=Case(B=3, H=2, Hkv=1, L=3, S=6, E=16, Ev=16, policy="key_padding([2, 6, 1])", mask="float", mask_shape="B1LS"), how="huge")
@@ -74,8 +77,9 @@ def test_padding_amount_invariance(target, case, extra, at):
                  what=f"output with {extra} more padded keys inserted at {pos} (S={longer.S})")
 
 
-@given(case=hs.cases(max_heads=2, batch_max=3, **PAD_CAUSAL))
+@given(case=hs.cases(max_heads=2, batch_max=3, mask_bias=hs.mask_biases(), **PAD_CAUSAL))
 @example(case=Case(B=2, H=1, Hkv=1, L=3, S=7, E=8, Ev=8, policy="key_padding([1, 6])", mask="bool", mask_shape="B11S"))
+@example(case=Case(B=2, H=2, Hkv=1, L=4, S=7, E=8, Ev=8, policy="key_padding([7, 3])", mask="float", mask_shape="BHLS", mask_bias=1e4))
 def test_padding_weights_zero(target, case):
     """Weights read off with one-hot values are exactly zero on padded keys."""
     target.require_mask()

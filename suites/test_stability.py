@@ -30,16 +30,33 @@ def _no_nan(out, inp, what):
                                        f"in {int(bad.sum())} rows with a visible key; first (b={b}, h={h}, row={i})")
 
 
-@given(case=hs.cases(policies=POL), level=st.integers(0, 4))
+def _qk_in_half_range(case):
+    """In float16, the magnitude lowered until max |q.k| <= 2^15: q.k = logit / scale, and past
+    65504 it overflows a plain computation that scales the scores after the matmul (at E = 1 the
+    products of two normals reach 12x their spread; a scale below 1/sqrt(E) grows q.k too)."""
+    if case is None or case.dtype != "float16":
+        return case
+    inp = case.replace(dtype="float32").materialize()  # the same values, before float16 could overflow
+    k = inp.k.double().repeat_interleave(case.H // case.Hkv, dim=1)
+    qk = float((inp.q.double() @ k.transpose(-1, -2)).abs().max()) if inp.q.numel() and k.numel() else 0.0
+    return case if qk <= 2 ** 15 else case.replace(magnitude=case.magnitude * 2 ** 15 / qk)
+
+
+@given(case=hs.cases(policies=POL, scale=hs.scales(edges=True), mask_bias=hs.mask_biases()), level=st.integers(0, 4))
 @example(case=Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16, magnitude=1e4), level=3)
+# a negative scale at large logits: a row max taken before the scale is the row's minimum
+@example(case=Case(B=1, H=2, Hkv=2, L=5, S=6, E=16, Ev=16, policy="causal()", mask="is_causal", scale=-0.5, magnitude=1e4), level=3)
+@example(case=Case(B=2, H=1, Hkv=1, L=4, S=7, E=16, Ev=16, policy="key_padding([7, 3])", mask="float", mask_shape="B11S",
+                   mask_bias=1e4, scale=10.0, magnitude=1e3), level=3)
 def test_large_logits(target, case, level):
-    """Logits from tens up to 1e4 and beyond (float32; half precision up to its safe range):
-    no NaN or Inf, and within the dtype-aware bound."""
+    """Logits from tens up to 1e4 and beyond (float32; half precision up to its safe range), with
+    explicit scales down to 0 and below, and float-mask biases to -1.25e4: no NaN or Inf, and
+    within the dtype-aware bound."""
     mags = MAGNITUDES[target.dtype]
     # an explicit magnitude (an @example) is capped at the dtype's sweep: past it, q.k itself
     # overflows a plain same-dtype computation that scales the scores after the matmul
     mag = mags[min(level, len(mags) - 1)] if case.magnitude == 1.0 else min(case.magnitude, mags[-1])
-    case = target.fit(case.replace(magnitude=mag))
+    case = _qk_in_half_range(target.fit(case.replace(magnitude=mag)))
     inp = case.materialize()
     out = probes.call(target.impl, inp)
     _no_nan(out, inp, f"|logit| ~ {case.magnitude:g}")

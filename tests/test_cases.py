@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from harness import masks as M
-from harness.cases import (LAYOUT_KEYS, MASK_SHAPES, Case, apply_layout, layout_spec,
+from harness.cases import (LAYOUT_KEYS, MASK_SHAPES, MIN_DIVIDED_SCALE, Case, apply_layout, layout_spec,
                            parse_layout)
 from harness.contract import Capabilities
 
@@ -136,6 +136,64 @@ def test_materialize_magnitude_sets_the_logit_size():
     assert float(big / small) == pytest.approx(100.0, rel=1e-5)
     scaled = Case(L=16, S=16, E=64, Ev=8, seed=1, magnitude=100.0, scale=2.0).materialize().logit_absmax().mean()
     assert float(scaled / big) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_edge_scales_materialize_finite_inputs_with_the_logits_they_imply():
+    base = Case(L=16, S=16, E=64, Ev=8, seed=1, magnitude=100.0, scale=0.5).materialize()
+    zero = Case(L=16, S=16, E=64, Ev=8, seed=1, magnitude=100.0, scale=0.0).materialize()
+    assert torch.isfinite(zero.q).all() and float(zero.logit_absmax().max()) == 0.0  # valid: uniform weights
+    assert float(zero.reference().std(dim=2).max()) < 1e-12  # every row the same average of the values
+    neg = Case(L=16, S=16, E=64, Ev=8, seed=1, magnitude=100.0, scale=-0.5).materialize()
+    assert torch.allclose(neg.logit_absmax(), base.logit_absmax())  # the same logits, negated
+    # a tiny scale is divided out only down to MIN_DIVIDED_SCALE: q.k stays in half precision's
+    # range, and the rows flatten as a tiny scale makes them
+    tiny = Case(L=16, S=16, E=64, Ev=8, seed=1, magnitude=100.0, scale=1e-4, dtype="float16").materialize()
+    assert torch.isfinite(tiny.q).all()
+    ratio = tiny.logit_absmax() / base.logit_absmax()
+    assert float(ratio.mean()) == pytest.approx(1e-4 / MIN_DIVIDED_SCALE, rel=2e-2)
+    large = Case(L=16, S=16, E=64, Ev=8, seed=1, magnitude=100.0, scale=10.0).materialize()
+    assert torch.allclose(large.logit_absmax(), base.logit_absmax(), rtol=1e-4)
+
+
+def _policy_for(shape: str) -> str:
+    deps = MASK_SHAPES[shape]
+    return "key_padding([2, 5])" if "b" in deps else "causal()" if "q" in deps else "head_span([5, 2, 4])"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("shape", sorted(MASK_SHAPES))
+def test_mask_bias_uses_the_whole_mantissa_next_to_minus_inf(shape, dtype):
+    c = Case(B=2, H=3, Hkv=3, L=4, S=5, E=8, Ev=8, dtype=dtype, policy=_policy_for(shape), mask="float",
+             mask_shape=shape, mask_bias=1e4, seed=3)
+    inp = c.materialize()
+    m = inp.attn_mask
+    assert m.dtype == c.torch_dtype and m.dim() == len(shape)
+    assert torch.equal(torch.isneginf(m).expand(2, 3, 4, 5), ~inp.visible)  # -inf exactly where invisible
+    fin = m[torch.isfinite(m)].double()
+    assert float(fin.min()) >= -1.25e4 - 10 and float(fin.max()) <= 0.25e4 + 10
+    if dtype == "float32":
+        # a mask kept in bfloat16 is wrong almost everywhere (only entries near 0 could survive)
+        assert float((fin.float().to(torch.bfloat16).double() != fin).double().mean()) > 0.9
+    assert torch.equal(c.materialize().attn_mask, m)  # from the seed alone
+    # the bias is a dimension of its own: the same case without it has 0/-inf only
+    plain = c.replace(mask_bias=0.0).materialize().attn_mask
+    assert set(plain[torch.isfinite(plain)].tolist()) == {0.0}
+
+
+def test_mask_bias_offsets_reach_past_minus_1e4():
+    # Some rows' visible entries sit below -1e4, where a finite -1e4 stand-in for -inf lets
+    # masked keys in; rows elsewhere sit near 0 and above.
+    m = Case(B=1, L=64, S=8, policy="causal()", mask="float", mask_shape="LS", mask_bias=1e4).materialize().attn_mask
+    row = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).amax(dim=-1)
+    assert float(row.min()) < -1.01e4 and float(row.max()) > 0
+
+
+def test_fit_drops_the_mask_bias_with_the_float_mask():
+    c = Case(L=3, S=5, policy="causal()", mask="float", mask_shape="LS", mask_bias=1e4)
+    assert c.fit(Capabilities(mask_kinds=("none", "bool")), "float32", "cpu").mask_bias == 0.0
+    assert c.fit(Capabilities(mask_kinds=("none",)), "float32", "cpu").mask == "is_causal"
+    assert c.fit(Capabilities(mask_kinds=("none",)), "float32", "cpu").mask_bias == 0.0
+    assert c.fit(Capabilities(), "float32", "cpu").mask_bias == 1e4
 
 
 @pytest.mark.parametrize("shape", sorted(MASK_SHAPES))
@@ -259,6 +317,7 @@ def test_repr_is_valid_python_that_rebuilds_the_case():
         Case(B=3, H=4, Hkv=2, L=5, S=7, E=20, Ev=8, dtype="bfloat16", policy="causal()", mask="float",
              mask_shape="1HLS", alibi=True, scale=0.125, magnitude=1e4, seed=2**31 - 1,
              layout="q=transposed,kv=broadcast"),
+        Case(B=2, L=5, S=5, policy="causal()", mask="float", mask_shape="LS", scale=-0.5, mask_bias=1e4),
         Case(L=5, S=5, policy='chat_roles([["system", 2], ["delim", 1], ["user", 2]])', mask="bool"),
     ]
     for c in cases:

@@ -47,7 +47,8 @@ def _check_well_formed(c: Case):
     else:
         assert c.mask_shape == "BHLS"
     assert not c.alibi  # alibi defaults to just(False)
-    assert c.scale is None or c.scale in (0.5, 0.125, 1.0, 0.07, 2.0)
+    assert c.scale is None or c.scale in (0.5, 0.125, 1.0, 0.07, 2.0)  # edge scales only on request
+    assert c.mask_bias == 0.0  # mask biases only on request
     assert c.magnitude == 1.0
     parse_layout(c.layout)  # parses
 
@@ -103,6 +104,33 @@ def test_a_masked_case_shrinks_to_the_smallest_causal_bool_mask():
     # head dim), no scale, magnitude 1, contiguous layout, seed 0.
     got = find(hs.cases(), lambda c: c.mask == "bool", settings=FIND)
     assert got == Case(L=1, S=1, policy="causal()", mask="bool", mask_shape="LS")
+
+
+def test_edge_scales_are_reached_on_request_and_shrink_to_zero():
+    for v in hs.EDGE_SCALES:
+        assert find(hs.scales(edges=True), lambda s: s == v, settings=FIND) == v
+    with pytest.raises(NoSuchExample):
+        find(hs.scales(), lambda s: s is not None and (s <= 0 or s < 0.05 or s > 5), settings=FIND)
+    # a failure needing a scale <= 0 is reported at 0.0, the simplest of them
+    got = find(hs.cases(scale=hs.scales(edges=True)), lambda c: c.scale is not None and c.scale <= 0, settings=FIND)
+    assert got.scale == 0.0
+
+
+@pytest.mark.parametrize("shape", sorted(MASK_SHAPES))
+def test_mask_biases_reach_every_float_mask_shape_and_shrink_toward_none(shape):
+    deps = MASK_SHAPES[shape]
+    pol = "key_padding" if "b" in deps else "causal" if "q" in deps else "head_span"
+    strat = hs.cases(policies=("none", pol), mask_bias=hs.mask_biases())
+    got = find(strat, lambda c: c.mask_shape == shape and c.mask_bias > 0, settings=FIND)
+    assert got.mask == "float" and got.mask_bias == 1.0  # the simplest bias
+    assert find(strat, lambda c: c.mask_bias >= 1e4, settings=FIND).mask_bias == 1e4
+
+
+@FAST
+@given(case=hs.cases(mask_bias=hs.mask_biases()))
+def test_only_float_masks_carry_a_bias(case):
+    assert case.mask_bias in hs.MASK_BIASES
+    assert case.mask == "float" or case.mask_bias == 0.0
 
 
 def test_heads_divide_and_shrink_toward_mha():
