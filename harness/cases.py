@@ -283,6 +283,8 @@ class Case:
             c = c.replace(Ev=c.E)
         if caps.max_seq_len is not None and max(c.L, c.S) > caps.max_seq_len:
             return None
+        if c.scale is not None and c.scale <= 0 and not getattr(caps, "nonpositive_scale", True):
+            return None
         if c.mask == "is_causal":
             if caps.causal is None:
                 return None

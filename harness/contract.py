@@ -84,6 +84,9 @@ class Capabilities:
     batch_invariant: bool = False
     split_invariant: bool = False
     cross_attention: bool = True  # False: self-attention only, L == S (vision transformers)
+    # False: explicit scales <= 0 are outside the contract (SDPA admits any float: scale 0 weighs
+    # every visible key equally). torch's own flash paths need it (see harness.builtins).
+    nonpositive_scale: bool = True
     # Variants of flash_attn-convention kernels (see harness.flash): each False/empty means not
     # supported, and its cases are reported unsupported, never pass.
     window: bool = False  # window_size=(left, right), FlashAttention's meaning

@@ -216,6 +216,21 @@ def regions(left, ev):
     return out
 
 
+def scale_edges(left, ev):
+    """Every failing case has an explicit scale far from 1/sqrt(E) (0, negative, tiny or large), or
+    a float mask with large full-precision values: the two regions only those draws reach."""
+    edge = lambda c: c.get("scale") is not None and (c["scale"] <= 0 or c["scale"] < 1e-3 or c["scale"] > 5)  # noqa: E731
+    if _all_cases(left, edge) and _no_mask_passes(ev):
+        vals = ", ".join(f"{v:g}" for v in sorted({_ce(r)["scale"] for r in left}))
+        return [("scale", f"wrong only at explicit scales far from 1/sqrt(E) (failing: {vals}): `scale or default` "
+                          "treating 0 as unset, abs() or a clamp?", list(left))]
+    if _all_cases(left, lambda c: c.get("mask") == "float" and c.get("mask_bias")) and _no_mask_passes(ev):
+        return [("float_mask", "wrong only for additive masks with large full-precision values (biases up to "
+                               f"{max(_ce(r)['mask_bias'] for r in left):g}): the float mask is stored or added in a "
+                               "lower precision than the query?", list(left))]
+    return []
+
+
 def _common_layout(left) -> str:
     parts = [set(str(_ce(r).get("layout")).split(",")) for r in left]
     common = sorted(set.intersection(*parts)) if parts else []
@@ -360,7 +375,7 @@ def core(left, ev):
     return []
 
 
-RULES: list = [errors, *FLASH_RULES, fingerprint, tiers, integrity, regions, common_factor, mask_after_softmax, mask_kind,
+RULES: list = [errors, *FLASH_RULES, fingerprint, tiers, integrity, regions, scale_edges, common_factor, mask_after_softmax, mask_kind,
                length, leaks, backward, stability, normalization, cached, core]
 
 

@@ -35,3 +35,21 @@ def test_flex_availability_reason_names_the_missing_module(monkeypatch):
 
     monkeypatch.setattr(py, "__import__", no_flex)
     assert "flex_attention" in builtins._flex_reason()
+
+
+def test_sdpa_nonpositive_scale_declaration_stays_measured():
+    """The `sdpa` built-in declares scales <= 0 outside its contract because torch's default CPU
+    dispatch returns NaN rows for is_causal at scale 0 or below (the math path is right). When a
+    torch release fixes it this test fails: drop the declaration then."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 4, 16, generator=g) for _ in range(3))
+    with sdpa_kernel(SDPBackend.MATH):
+        right = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.0)
+    assert torch.isfinite(right).all()
+    got = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.0)
+    assert torch.isnan(got).any(), "torch's default SDPA is right at scale 0 now: remove nonpositive_scale=False"
+    assert builtins.BUILTINS["sdpa"][1].nonpositive_scale is False
+    assert builtins.BUILTINS["sdpa-math"][1].nonpositive_scale is True
