@@ -30,7 +30,7 @@ def to_junit(report: dict) -> str:
             elif worst["status"] == "error" and is_enforced:
                 ET.SubElement(tc, "error", message=msg.splitlines()[0][:500] if msg else "error").text = msg
                 nerr += 1
-            elif worst["status"] in ("skip", "unsupported") or (worst["status"] in ("fail", "error") and not is_enforced):
+            elif worst["status"] in ("skip", "unsupported", "not_run") or (worst["status"] in ("fail", "error") and not is_enforced):
                 ET.SubElement(tc, "skipped", message=f"{worst['status']} ({worst['tier']}): {msg[:500]}")
                 nskip += 1
         ts.set("failures", str(nfail))

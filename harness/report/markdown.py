@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.report.results import integrity_rows, matrix_rows, root_causes, strict_notes
+from harness.report.results import integrity_rows, matrix_rows, not_run_groups, root_causes, strict_notes
 from harness.tiers import enforced
 
 
@@ -80,6 +80,19 @@ def _md_integrity(report: dict) -> list:
     return lines + ([""] if traces else [])
 
 
+def _md_not_run(report: dict) -> list:
+    lines = []
+    for i in report.get("implementations") or []:
+        if i.get("diagnosis"):
+            lines.append(f"- **{_md_escape(i['name'])}** cannot run the base case, so it was stopped after it: "
+                         f"{_md_escape(i['diagnosis'])}")
+    for g in not_run_groups(report):
+        shown = ", ".join(g["properties"][:12]) + (f" and {len(g['properties']) - 12} more" if len(g["properties"]) > 12 else "")
+        lines.append(f"- **{_md_escape(g['impl'])}**: {g['count']} not run ({_md_escape(shown)}): {_md_escape(g['reason'])}")
+    return (["## Not run", "", "Selected but never reached: the run stopped early. Not a pass.", ""] + lines + [""]
+            if lines else [])
+
+
 def to_markdown(report: dict) -> str:
     from tabulate import tabulate
 
@@ -114,6 +127,7 @@ def to_markdown(report: dict) -> str:
     problems = [i for i in report["implementations"] if i.get("problem")]
     for i in problems:
         lines += [f"**{i['name']}**: {_md_escape(i['problem'])}", ""]
+    lines += _md_not_run(report)
     failures = [(i, r) for i in report["implementations"] for r in i["results"] if r["status"] in ("fail", "error")]
     groups = root_causes(report)
     if groups:

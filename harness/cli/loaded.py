@@ -1,0 +1,52 @@
+"""``check``'s side of :mod:`harness.preload`: load every spec in a child process, say in one line
+each why one did not load (the others still run; the command then exits 2), and run a kernel that
+cannot do the base case as one short process that records it and marks the rest not run."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from harness.cli.usage import usage_error
+
+
+def load_or_report(args, dtypes) -> tuple:
+    """(the loaded implementations, whether any spec failed to load)."""
+    from harness.preload import load_isolated
+    from harness.runner import CheckOptions, absolute_spec, suite_environment
+
+    env = suite_environment(CheckOptions(specs=[], triton_interpret=args.triton_interpret))
+    echo = (lambda line: sys.stderr.write(f"    | {line}")) if (args.show_kernel_output or args.traceback) else None
+    loaded = load_isolated([absolute_spec(s) for s in args.impl], device=args.device, dtypes=dtypes,
+                           call_timeout=args.call_timeout, load_timeout=args.load_timeout, env=env, echo=echo,
+                           traceback=args.traceback)
+    impls, failed = [], False
+    for spec, item in zip(args.impl, loaded):
+        absolute = absolute_spec(spec)
+        if item.error:
+            # Named as typed, not as the child saw it.
+            usage_error(item.error.replace(absolute, spec) if absolute != spec else item.error)
+            failed = True
+            continue
+        impls.append(dataclasses.replace(item, spec=spec))
+    names = [i.name for i in impls]
+    for i in impls:  # two specs that load functions with the same name: told apart by their specs
+        if names.count(i.name) > 1:
+            i.name = i.spec
+    return impls, failed
+
+
+def run_loaded(opts, impl, log, progress, server, n: int, total: int) -> dict:
+    """:func:`harness.runner.run_one` for a loaded spec; with a diagnosis, the short run."""
+    from harness.runner import run_one
+
+    if not impl.diagnosis:
+        return run_one(opts, impl.spec, log, progress, server)
+    sys.stderr.write(f"[{n}/{total}] {impl.name}: cannot run: {impl.diagnosis}; stopped after the base case\n")
+    sys.stderr.flush()
+    stop = {"reason": impl.diagnosis, "base": impl.base_errors}
+    res = run_one(dataclasses.replace(opts, stop_early=stop, shards=1), impl.spec, log, progress, server)
+    if not any(r["status"] == "error" for r in res["results"]):
+        # The base case was not selected: the run's own record carries the diagnosis and fails it.
+        res["problem"] = res["problem"] or f"stopped after the base case: {impl.diagnosis}"
+    return res
