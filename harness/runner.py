@@ -172,8 +172,7 @@ def _signal_problem(rc: int, timed_out: bool) -> str:
 
 
 def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: list,
-             on_progress: Optional[Callable[[dict], None]], launcher=None, selected: Optional[list] = None,
-             echo: bool = False) -> tuple:
+             on_progress: Optional[Callable[[dict], None]], launcher=None, echo: bool = False) -> tuple:
     """One pytest process (forked by ``launcher``, a :class:`harness.launcher.ForkServer`, when
     given and alive, else started); streams results into ``results``. Returns (returncode,
     timed_out, the property in flight when it ended, the node ids it finished in order)."""
@@ -211,10 +210,6 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
                 if "running" in ev:
                     running = ev["running"]
                     continue
-                if "items" in ev:
-                    items = ev.pop("items")
-                    if selected is not None and not selected:  # a restart collects only what is left
-                        selected.extend(items)
                 if "result" in ev:
                     res = ev.pop("result")
                     results.append(res)
@@ -354,6 +349,13 @@ def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
     problems: list = []
     problem_recorded = False
     selected: list = []  # every property the first process collected
+
+    def collect(ev):
+        items = ev.pop("items", None)
+        if items is not None and not selected:  # a restart collects only what is left
+            selected.extend(items)
+        if on_progress is not None:
+            on_progress(ev)
     crashes = 0
     cmd = base_cmd
     rc = 0
@@ -363,8 +365,8 @@ def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
             log_lines.append(f"\n--- restarted after a crash (restart {attempt}), resuming after {len(skip_ids)} "
                              f"finished or crashed properties ---\n")
         n_before = len(results)
-        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, on_progress, launcher,
-                                                    selected, opts.show_kernel_output)
+        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, collect, launcher,
+                                                    **({"echo": True} if opts.show_kernel_output else {}))
         history += [f"{r['suite']}::{r['property']}" for r in results[n_before:]]
         skip_ids += done_ids
         if timed_out:
