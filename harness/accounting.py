@@ -63,5 +63,5 @@ def headline(verdict: str, results: list, strict: bool) -> str:
     parts = ", ".join(f"{by_status[s]} {s.replace('_', ' ')}" for s in order if by_status.get(s))
     notes = "; ".join(f"{n} {tier} finding{'s' if n != 1 else ''} not enforced"
                       for tier, n in sorted(findings.items()))
-    inside = "; ".join(p for p in (parts or "nothing ran", notes) if p)
+    inside = "; ".join(p for p in (parts, notes) if p) or "nothing ran"
     return f"{verdict.upper()} ({inside})"

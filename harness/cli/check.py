@@ -294,7 +294,7 @@ def register(sub) -> None:
     c.add_argument("--print-summary", action="store_true", help="also print the comparison matrix to stdout")
     c.add_argument("--traceback", action="store_true", help="show tracebacks for loading errors")
     c.add_argument("--show-kernel-output", action="store_true",
-                   help="let what the kernel prints through to stderr (prefixed '    | '), as pytest's --capture=no; "
+                   help="let what the kernel prints through to stderr (each line after a bar), as pytest's --capture=no; "
                         "by default it is kept in the implementation's log only")
     c.set_defaults(func=cmd_check)
 
