@@ -57,9 +57,10 @@ class Loaded:
 
 # --- the contract's signature -----------------------------------------------------------------
 
-def signature_problem(fn) -> Optional[str]:
+def signature_problem(fn, shown: Optional[str] = None) -> Optional[str]:
     """Why ``fn`` cannot be called as the harness calls it (three tensors positionally, the
-    rest by keyword), naming what is missing; None when it can, or when its signature is unknown."""
+    rest by keyword), naming what is missing; None when it can, or when its signature is unknown.
+    ``shown``: the parameter list to print instead of ``fn``'s (a stub's, read from source)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a text signature: let the call decide
@@ -92,7 +93,7 @@ def signature_problem(fn) -> Optional[str]:
     if required:
         problems.append(f"requires {', '.join(required)}, which the harness never passes")
     name = getattr(fn, "__name__", type(fn).__name__)
-    return (f"signature {name}{sig} does not fit the contract {CONTRACT_TEXT}: "
+    return (f"signature {name}{shown or sig} does not fit the contract {CONTRACT_TEXT}: "
             + ("; ".join(problems) or "it cannot be called that way"))
 
 
@@ -139,6 +140,7 @@ def _base_probe(impl, device: str, dtypes: Optional[list], call_timeout: float) 
 def _child(req: dict) -> None:
     import torch  # noqa: F401 - the import every spec shares, timed apart from theirs
 
+    from harness import builtins
     from harness.contract import LoadError
     from harness.loading import load
 
@@ -162,7 +164,7 @@ def _child(req: dict) -> None:
         diagnosis, base = signature_problem(impl.fn), {}
         if diagnosis is not None:
             base = {"*": f"TypeError: {diagnosis}"}
-        elif req.get("probe", True):
+        elif req.get("probe", True) and spec not in builtins.BUILTINS:  # the harness's own are not probed
             _emit({"probing": i, "impl": info})
             diagnosis, base = _base_probe(impl, req["device"], req.get("dtypes"), req["call_timeout"])
         _emit({"loaded": i, "impl": info, "diagnosis": diagnosis, "base": base})
@@ -202,28 +204,31 @@ def _ended(rc: Optional[int]) -> str:
 def load_isolated(specs: list, *, device: str = "cpu", dtypes: Optional[list] = None, call_timeout: float = 30.0,
                   load_timeout: float = 60.0, env: Optional[dict] = None, probe: bool = True,
                   echo: Optional[Callable[[str], None]] = None, import_timeout: float = 300.0,
-                  traceback: bool = False) -> list:
+                  traceback: bool = False, launcher=None) -> list:
     """One :class:`Loaded` per spec, in order. ``specs`` with file paths should be absolute (the
     child runs in an empty directory, as the suite processes do). ``echo`` receives whatever the
-    modules print."""
+    modules print. ``launcher`` (:func:`harness.launcher.start`) forks the child from a process that
+    has imported torch already; without it (or when it is gone) the child is started afresh."""
     out: list = [None] * len(specs)
     start = 0
     while start < len(specs):
         start = _one_child(specs, start, out, device=device, dtypes=dtypes, call_timeout=call_timeout,
                            load_timeout=load_timeout, env=env, probe=probe, echo=echo, import_timeout=import_timeout,
-                           traceback=traceback)
+                           traceback=traceback, launcher=launcher)
     return out
 
 
 def _one_child(specs, start, out, *, device, dtypes, call_timeout, load_timeout, env, probe, echo,
-               import_timeout, traceback) -> int:
+               import_timeout, traceback, launcher) -> int:
     """Load specs[start:] in one child until it finishes, hangs or dies; returns where to go on."""
     req = {"specs": specs[start:], "device": device, "dtypes": dtypes, "call_timeout": call_timeout, "probe": probe,
            "traceback": traceback}
     workdir = tempfile.mkdtemp(prefix="attn-harness-load-")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.preload", json.dumps(req)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                            env=env, cwd=workdir, errors="replace")
+    proc = launcher.spawn([json.dumps(req)], workdir, entry="preload") if launcher is not None else None
+    if proc is None:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.preload", json.dumps(req)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                env=env, cwd=workdir, errors="replace")
     lines: queue.Queue = queue.Queue()
 
     def reader():
@@ -302,7 +307,7 @@ def _one_child(specs, start, out, *, device, dtypes, call_timeout, load_timeout,
                                         f"after {elapsed:.1f} s{said}")
         return current + 1
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:  # also a forked child (harness.launcher.Child), which has no poll()
             proc.kill()
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)

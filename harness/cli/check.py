@@ -136,7 +136,7 @@ def _check(args, dtypes, server) -> int:
     from harness.cli.loaded import load_or_report
 
     try:
-        impls, load_failed = load_or_report(args, dtypes)
+        impls, load_failed = load_or_report(args, dtypes, server)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     if not impls:
@@ -170,7 +170,7 @@ def _check(args, dtypes, server) -> int:
         log = report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt"
         from harness.cli.loaded import run_loaded
 
-        res = run_loaded(opts, impl, log, progress, server, n, len(impls))
+        res = run_loaded(opts, impl, log, progress, server)
         entry = _implementation_entry(impl, res, args, options, log)
         with lock:
             finished[n] = entry

@@ -176,6 +176,47 @@ def check_spec(spec: str) -> None:
         raise UsageError(f"{spec}: {where} has no attribute {attr!r}; " + _did_you_mean(target, attr, qkv_callables(tree)))
 
 
+def static_signature_problem(spec: str) -> Optional[str]:
+    """The contract mismatch of a plain top-level ``def`` named by ``spec``, read from its source
+    (so the diagnosis comes before torch is imported); None when fine or not certain from the source
+    (a decorator other than ``capabilities``, a name bound twice, anything not a file or module)."""
+    if ":" not in spec:
+        return None
+    target, attr = spec.rsplit(":", 1)
+    source = target if _looks_like_file(target) else _module_source(target)[1]
+    tree = _parse(source) if source and os.path.isfile(source) else None
+    if tree is None or "." in attr:
+        return None
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == attr]
+    others = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == attr and isinstance(n.ctx, ast.Store)]
+    if len(defs) != 1 or others:
+        return None
+    node = defs[0]
+
+    def harmless(d):
+        f = d.func if isinstance(d, ast.Call) else d
+        return (f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")) == "capabilities"
+
+    if not all(harmless(d) for d in node.decorator_list):
+        return None
+    shown = f"({ast.unparse(node.args)})"  # as written; the stub below has its defaults replaced
+    a = node.args
+    for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x is not None]:
+        arg.annotation = None
+    a.defaults = [ast.Constant(None) for _ in a.defaults]
+    a.kw_defaults = [None if d is None else ast.Constant(None) for d in a.kw_defaults]
+    stub = ast.FunctionDef(name=node.name, args=a, body=[ast.Pass()], decorator_list=[], returns=None,
+                           type_comment=None, **({"type_params": []} if hasattr(ast.FunctionDef, "type_params") else {}))
+    namespace: dict = {}
+    try:
+        exec(compile(ast.fix_missing_locations(ast.Module(body=[stub], type_ignores=[])), source, "exec"), namespace)
+    except Exception:  # noqa: BLE001 - not certain: the loader decides
+        return None
+    from harness.preload import signature_problem
+
+    return signature_problem(namespace[node.name], shown)
+
+
 def check_options(args) -> None:
     """Numeric option values that make no run: answered before anything starts."""
     positive = [("--impl-timeout", "impl_timeout"), ("--load-timeout", "load_timeout"),
