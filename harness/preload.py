@@ -106,6 +106,8 @@ def _emit(ev: dict) -> None:
 
 def _base_probe(impl, device: str, dtypes: Optional[list], call_timeout: float) -> tuple:
     """(diagnosis or None, {dtype: message}) from one base-case call per dtype."""
+    import pytest
+
     from harness import probes
     from harness.cases import base_case
     from harness.defaults import HOST_DTYPES
@@ -120,8 +122,8 @@ def _base_probe(impl, device: str, dtypes: Optional[list], call_timeout: float) 
         ran += 1
         try:
             probes.call(impl, case.materialize())
-        except NotImplementedError:
-            ran -= 1  # declared unsupported at run time: not an error
+        except (NotImplementedError, pytest.skip.Exception):
+            ran -= 1  # unsupported, said at run time (probes turns NotImplementedError into a skip): not an error
         except Exception as e:  # noqa: BLE001 - every kind of failure to run is the diagnosis
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             plain = isinstance(e, (probes.ImplementationError, probes.PropertyViolation))
