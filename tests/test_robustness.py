@@ -205,6 +205,33 @@ def test_fill_not_run_accounts_for_every_selected_property():
     assert all(r["message"] == "not run: it crashed" for r in results if r["status"] == "not_run")
 
 
+def test_not_run_is_in_every_report_format():
+    from harness.accounting import not_run_result
+    from harness.report import html as H
+    from harness.report.junit import to_junit
+    from harness.report.markdown import to_markdown
+    from harness.report.model import validate
+
+    item = {"suite": "causal", "property": "test_future_weights_zero", "dtype": "float32", "tier": "gate", "doc": "d"}
+    crashed = {**not_run_result(item, "x", "cpu", "k.py:attn", 1), "property": "test_base_case", "status": "error",
+               "message": "the test process crashed (SIGSEGV, signal 11)"}
+    results = [crashed, not_run_result(item, "the test process crashed 9 times", "cpu", "k.py:attn", 1)]
+    impl = {"name": "attn", "spec": "k.py:attn", "verdict": "fail", "capabilities": {}, "description": "",
+            "duration_s": 1.0, "results": results, "diagnosis": "the base case call ended the process"}
+    rep = {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "harness_version": "0.1.0",
+           "command": ["attn-harness", "check"], "options": {"device": "cpu", "dtypes": ["float32"]},
+           "environment": {}, "implementations": [impl]}
+    validate(rep)
+    md = to_markdown(rep)
+    assert "## Not run" in md and "1 not run (causal::test_future_weights_zero): the test process crashed 9 times" in md
+    assert "cannot run the base case, so it was stopped after it: the base case call ended the process" in md
+    assert "| not run" in md  # the matrix cell
+    page = H.render(rep)
+    assert "Not run (the run stopped early)" in page and "the test process crashed 9 times" in page
+    assert "could not render" not in page
+    assert 'skipped message="not_run' in to_junit(rep)
+
+
 # --- 3: an info-tier property whose every call raised ------------------------------------------
 
 def test_an_info_property_whose_every_call_raised_is_not_a_pass():

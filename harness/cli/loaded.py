@@ -40,13 +40,18 @@ def load_or_report(args, dtypes, server=None) -> tuple:
     impls, failed = [], False
     for spec, item in zip(args.impl, loaded):
         absolute = absolute_spec(spec)
+
+        def as_typed(text: str) -> str:  # named as typed, not as the child (in another directory) saw it
+            if absolute == spec:
+                return text
+            return text.replace(absolute, spec).replace(absolute.rsplit(":", 1)[0], spec.rsplit(":", 1)[0])
+
         if item.error:
-            # Named as typed, not as the child saw it.
-            usage_error(item.error.replace(absolute, spec) if absolute != spec else item.error)
+            usage_error(as_typed(item.error))
             failed = True
             continue
         if item.diagnosis and spec not in told:
-            _diagnose(spec, item.diagnosis.replace(absolute, spec))
+            _diagnose(spec, as_typed(item.diagnosis))
         impls.append(dataclasses.replace(item, spec=spec))
     names = [i.name for i in impls]
     for i in impls:  # two specs that load functions with the same name: told apart by their specs

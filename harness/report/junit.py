@@ -19,7 +19,7 @@ def to_junit(report: dict) -> str:
         nfail = nerr = nskip = 0
         for (suite, prop), rs in groups.items():
             tc = ET.SubElement(ts, "testcase", classname=f"{impl['name']}.{suite}", name=prop,
-                               time=str(round(sum(r.get("duration_s", 0) for r in rs), 3)))
+                               time=str(round(sum(r.get("duration_s") or 0 for r in rs), 3)))
             worst = min(rs, key=lambda r: STATUS_ORDER.get(r["status"], 9))
             msg = "\n\n".join(f"[{r['dtype']}] {r['message']}" + (f"\nreproduce: {r['repro']}" if r.get("repro") else "")
                               for r in rs if r["status"] == worst["status"])
