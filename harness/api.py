@@ -121,11 +121,12 @@ def _spec_for(fn_or_spec: Any) -> tuple[str, Optional[str]]:
 def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
           profile: str = "default", suites: Optional[Sequence[str]] = None, strict: bool = False,
           seed: Optional[int] = None, properties: Optional[Sequence[str]] = None,
-          quiet: bool = True) -> Report:
+          quiet: bool = True, api: str = "sdpa") -> Report:
     """Run the property suites in this process against ``fn_or_spec`` (a callable with SDPA's
     contract, an :class:`harness.Adapter`, or a spec string like ``"sdpa"`` or
     ``"pkg.mod:fn"``) and return a :class:`Report`. Arguments mean what the CLI's flags mean;
-    ``dtypes=None`` runs every dtype the implementation declares."""
+    ``dtypes=None`` runs every dtype the implementation declares. ``api="flash_attn"``: a kernel
+    written to flash-attn's signatures (as ``--api flash_attn``)."""
     import pytest
 
     from harness import report as R
@@ -139,13 +140,16 @@ def check(fn_or_spec: Any, *, dtypes: Optional[Sequence[str]] = None, device: Op
         if s not in available_suites():
             raise ValueError(f"unknown suite {s!r} (known: {', '.join(available_suites())})")
     spec, key = _spec_for(fn_or_spec)
+    from harness.contract import split_api, with_api
+
+    spec = with_api(spec, api)
     try:
         impl = load(spec)
     except LoadError as e:
         raise ValueError(str(e)) from None
     if key is not None:
         impl.name = getattr(fn_or_spec, "__name__", None) or type(fn_or_spec).__name__
-    files = [str(suites_dir() / f"test_{s}.py") for s in (suites or default_suites())]
+    files = [str(suites_dir() / f"test_{s}.py") for s in (suites or default_suites(split_api(spec)[1]))]
     with tempfile.TemporaryDirectory(prefix="attn-harness-") as tmp:
         results_path = os.path.join(tmp, "results.json")
         args = [*files, "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no",

@@ -19,6 +19,26 @@ from typing import Callable, Optional
 
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 ALL_MASK_KINDS = ("none", "bool", "float")
+FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+# Call conventions a kernel may be written to: torch SDPA's (the default) and flash-attn 2.x's
+# public functions (harness.flash.convention reads which of its three from the parameters).
+APIS = ("sdpa", "flash_attn")
+
+
+def split_api(spec: str) -> tuple:
+    """``"file.py:fn@flash_attn"`` -> ``("file.py:fn", "flash_attn")``; no suffix: the SDPA contract.
+    (A string function: the command line reads it before anything heavy is imported.)"""
+    base, sep, api = spec.rpartition("@")
+    if sep and api in APIS:
+        return base, api
+    return spec, "sdpa"
+
+
+def with_api(spec: str, api: str) -> str:
+    """``spec`` naming its call convention (unchanged for the SDPA contract or when it already does)."""
+    if api in (None, "sdpa") or split_api(spec)[1] != "sdpa":
+        return spec
+    return f"{spec}@{api}"
 
 
 class LoadError(Exception):
@@ -55,6 +75,19 @@ class Capabilities:
     fully_masked_rows: Optional[str] = "zero"
     deterministic: bool = True
     cross_attention: bool = True  # False: self-attention only, L == S (vision transformers)
+    # Variants of flash_attn-convention kernels (see harness.flash): each False/empty means not
+    # supported, and its cases are reported unsupported, never pass.
+    window: bool = False  # window_size=(left, right), FlashAttention's meaning
+    softcap: bool = False  # softcap > 0: cap * tanh(score / cap) on the scaled score
+    alibi: bool = False  # alibi_slopes (H,) or (B, H): bias -slope * |i + S - L - j|
+    sinks: bool = False  # learnable_sink (H,): a logit per head in the denominator, no value
+    lse: bool = False  # returns the natural-log LSE per row (return_attn_probs / return_softmax_lse)
+    empty_row_lse: str = "-inf"  # LSE of a row with no visible key: "-inf" or "+inf" (FA2's CUDA kernels)
+    fp8: tuple = ()  # FP8 input dtypes taken with per-tensor q/k/v_descale
+    paged: bool = False  # block_table with k_cache/v_cache (num_blocks, page_size, Hkv, E)
+    cache_append: bool = False  # new k, v appended into the cache in place
+    num_splits: bool = False  # num_splits > 1 (split-KV decode) accepted
+    page_sizes: Optional[tuple] = None  # None: any page size
 
     def __post_init__(self):
         if self.causal not in (None, "top_left", "bottom_right"):
@@ -65,6 +98,11 @@ class Capabilities:
         bad = set(self.mask_kinds) - set(ALL_MASK_KINDS)
         if bad:
             raise ValueError(f"unknown mask kinds {sorted(bad)}; known: {ALL_MASK_KINDS}")
+        bad = set(self.fp8) - set(FP8_DTYPES)
+        if bad:
+            raise ValueError(f"unknown fp8 dtypes {sorted(bad)}; known: {FP8_DTYPES}")
+        if self.empty_row_lse not in ("-inf", "+inf"):
+            raise ValueError(f"empty_row_lse must be '-inf' or '+inf', not {self.empty_row_lse!r}")
 
     def replace(self, **kw) -> "Capabilities":
         return dataclasses.replace(self, **kw)
@@ -147,6 +185,10 @@ class Implementation:
     capabilities: Capabilities = field(default_factory=Capabilities)
     description: str = ""
     declared: bool = True  # False: a plain callable that declared nothing (the default contract)
+    # For a kernel written to another call convention (api "flash_attn"): fn is the SDPA-shaped
+    # adapter the SDPA suites call, native the kernel in its own convention (harness.flash).
+    api: str = "sdpa"
+    native: Optional[object] = None
 
     def __call__(self, query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
         # The harness always calls with keywords and dropout_p=0.0: the contract is SDPA's.

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from harness import builtins
-from harness.contract import Adapter, Capabilities, Implementation, LoadError
+from harness.contract import APIS, Adapter, Capabilities, Implementation, LoadError, split_api
 
 ENTRY_POINT_GROUP = "attention_harness.backends"
 
@@ -85,13 +85,26 @@ def _load_module(modname: str, attr: str, spec: str) -> Implementation:
     return _from_object(obj, spec, attr)
 
 
-def load(spec: str) -> Implementation:
+def load(spec: str, api: str = None) -> Implementation:
     """Turn a spec string into an :class:`Implementation`.
 
     ``name`` (a built-in, see :func:`harness.builtins.available`), ``path/to/file.py:function``,
-    or ``package.module:function``. Raises :class:`LoadError` with a one-line reason.
+    or ``package.module:function``, optionally followed by ``@flash_attn`` (or given ``api``): a
+    kernel written to flash-attn's public signatures (:mod:`harness.flash.convention`). Raises
+    :class:`LoadError` with a one-line reason.
     """
     spec = spec.strip()
+    base, suffix_api = split_api(spec)
+    api = api or suffix_api
+    if api not in APIS:
+        raise LoadError(f"{spec}: unknown call convention {api!r} (known: {', '.join(APIS)})")
+    if api != "sdpa":
+        from harness.flash.convention import implementation
+
+        impl = load(base, "sdpa")
+        impl.spec = f"{base}@{api}"
+        return implementation(impl)
+    spec = base
     if not spec:
         raise LoadError("empty implementation spec")
     if ":" not in spec:

@@ -102,34 +102,20 @@ def _deadline(seconds: float, name: str):
         signal.signal(signal.SIGALRM, old)
 
 
-def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=...,
-         timeout: Optional[float] = None, allow_unsupported: bool = True,
-         handed: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
-    """Call the implementation on ``inp`` (optionally with replaced tensors) and check the output
-    against the contract: a tensor of shape (B, H, L, Ev), the query's dtype and device.
-    ``handed`` sees the tensors exactly as the kernel gets them ({"query", "key", "value",
-    "attn_mask"}: in the case's layout, views of copies for a transposed or sliced one) just before
-    the call: what an in-place write by the kernel would change."""
-    q = inp.q if q is None else q
-    k = inp.k if k is None else k
-    v = inp.v if v is None else v
-    kw = inp.kwargs()
-    if attn_mask is not ...:
-        kw["attn_mask"] = attn_mask
-    if impl.name in _hung:
-        raise ImplementationError(f"{impl.name} hung on an earlier call; not calling it again")
-    q, k, v, kw = inp.laid_out(q, k, v, kw)  # the case's memory layout, kept for replaced tensors
-    if handed is not None:
-        handed({"query": q, "key": k, "value": v, "attn_mask": kw.get("attn_mask")})
+def guarded(name: str, thunk: Callable, allow_unsupported: bool = True, timeout: Optional[float] = None):
+    """Run one kernel call (``thunk()``) under the harness's rules: a deadline, NotImplementedError
+    as an unsupported case (only this case inside hypothesis; the property after
+    UNSUPPORTED_STOP_AFTER in a row), any other exception as an ImplementationError. Every call of
+    an implementation, in any call convention, goes through here."""
     if isinstance(UNSUPPORTED_CASES, _UnsupportedLog):
         UNSUPPORTED_CASES.on_call()
     try:
-        with _deadline(CALL_TIMEOUT_S if timeout is None else timeout, impl.name):
-            out = impl(q, k, v, **kw)
+        with _deadline(CALL_TIMEOUT_S if timeout is None else timeout, name):
+            return thunk()
     except NotImplementedError as e:
         if not allow_unsupported:
             raise PropertyViolation(f"raised NotImplementedError on a case it must support: {e}") from None
-        why = f"{impl.name} raised NotImplementedError: {e}"
+        why = f"{name} raised NotImplementedError: {e}"
         from hypothesis.control import currently_in_test_context
 
         log = UNSUPPORTED_CASES
@@ -149,12 +135,34 @@ def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=..
             reject()
         pytest.skip(f"unsupported: {why}")
     except TimeoutError as e:
-        _hung.add(impl.name)
-        raise ImplementationError(f"{impl.name}: {e}") from None
+        _hung.add(name)
+        raise ImplementationError(f"{name}: {e}") from None
     except PropertyViolation:
         raise
     except Exception as e:
-        raise ImplementationError(f"{impl.name} raised {type(e).__name__}: {e}") from e
+        raise ImplementationError(f"{name} raised {type(e).__name__}: {e}") from e
+
+
+def call(impl: Implementation, inp: Inputs, q=None, k=None, v=None, attn_mask=...,
+         timeout: Optional[float] = None, allow_unsupported: bool = True,
+         handed: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
+    """Call the implementation on ``inp`` (optionally with replaced tensors) and check the output
+    against the contract: a tensor of shape (B, H, L, Ev), the query's dtype and device.
+    ``handed`` sees the tensors exactly as the kernel gets them ({"query", "key", "value",
+    "attn_mask"}: in the case's layout, views of copies for a transposed or sliced one) just before
+    the call: what an in-place write by the kernel would change."""
+    q = inp.q if q is None else q
+    k = inp.k if k is None else k
+    v = inp.v if v is None else v
+    kw = inp.kwargs()
+    if attn_mask is not ...:
+        kw["attn_mask"] = attn_mask
+    if impl.name in _hung:
+        raise ImplementationError(f"{impl.name} hung on an earlier call; not calling it again")
+    q, k, v, kw = inp.laid_out(q, k, v, kw)  # the case's memory layout, kept for replaced tensors
+    if handed is not None:
+        handed({"query": q, "key": k, "value": v, "attn_mask": kw.get("attn_mask")})
+    out = guarded(impl.name, lambda: impl(q, k, v, **kw), allow_unsupported, timeout)
     B, H, L, _ = q.shape
     want = (B, H, L, v.shape[-1])
     if not isinstance(out, torch.Tensor):

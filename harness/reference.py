@@ -43,13 +43,22 @@ def _gqa_expand(k: torch.Tensor, H: int, enable_gqa: bool) -> torch.Tensor:
     return k.repeat_interleave(H // Hkv, dim=1)
 
 
+def _softcap(logits: torch.Tensor, softcap: float) -> torch.Tensor:
+    # FlashAttention and Gemma cap the scaled score, before any mask or bias is added.
+    return logits if not softcap else softcap * torch.tanh(logits / softcap)
+
+
 def attention_reference(query, key, value, attn_mask=None, is_causal=False, scale=None,
                         enable_gqa=False, *, causal_alignment="top_left", chunk=1024,
-                        return_lse=False):
+                        return_lse=False, softcap=0.0, sinks=None):
     """Exact attention in float64, chunked over keys.
 
     Returns the output in float64 (shape (B, H, L, Ev)), and with ``return_lse`` also the
     log-sum-exp of the masked, scaled logits per row (``-inf`` for fully masked rows).
+    ``softcap`` > 0 replaces each scaled score s by ``softcap * tanh(s / softcap)`` before the mask
+    (a float mask, e.g. an ALiBi bias, is added after the cap). ``sinks`` (H,) are attention-sink
+    logits: each joins its head's softmax denominator and contributes no value, so the output is
+    scaled by 1 - p(sink) and the LSE includes the sink term.
     """
     if attn_mask is not None and is_causal:
         raise ValueError("pass either attn_mask or is_causal, not both")
@@ -70,7 +79,7 @@ def attention_reference(query, key, value, attn_mask=None, is_causal=False, scal
     acc = torch.zeros((B, H, L, v.shape[-1]), dtype=torch.float64, device=q.device)
     for s0 in range(0, S, chunk):
         s1 = min(S, s0 + chunk)
-        logits = torch.matmul(q, k[:, :, s0:s1].transpose(-1, -2)) * sc
+        logits = _softcap(torch.matmul(q, k[:, :, s0:s1].transpose(-1, -2)) * sc, softcap)
         if mask is not None:
             m = mask[..., s0:s1]
             if m.dtype == torch.bool:
@@ -96,6 +105,13 @@ def attention_reference(query, key, value, attn_mask=None, is_causal=False, scal
         else:
             contrib = torch.matmul(p, vc)
         acc = acc * corr + contrib
+        run_max = new_max
+    if sinks is not None:
+        sink = sinks.detach().to(torch.float64).reshape(1, H, 1, 1).expand(B, H, L, 1)
+        new_max = torch.maximum(run_max, sink)
+        corr = torch.exp(run_max - new_max)
+        run_sum = run_sum * corr + torch.exp(sink - new_max)
+        acc = acc * corr
         run_max = new_max
     visible = run_sum > 0
     out = torch.where(visible, acc / torch.where(visible, run_sum, torch.ones_like(run_sum)),
@@ -129,7 +145,8 @@ def attention_weights_reference(query, key, attn_mask=None, is_causal=False, sca
 
 
 def attention_naive(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                    enable_gqa=False, *, causal_alignment="top_left", scale_at="q"):
+                    enable_gqa=False, *, causal_alignment="top_left", scale_at="q", softcap=0.0,
+                    sinks=None):
     """The plain same-dtype PyTorch computation (the FlashAttention rule's baseline): every
     operation in the inputs' own dtype, masks before softmax, fully masked rows zeroed. Also the
     direct formula the chunked reference is tested against (call it with float64 tensors).
@@ -149,11 +166,16 @@ def attention_naive(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         logits = torch.matmul(query, k.transpose(-1, -2)) * sc
     else:
         raise ValueError(f"scale_at must be q, k or scores, not {scale_at!r}")
+    logits = _softcap(logits, softcap)
     mask = _expand_mask(attn_mask, B, H, L, S)
     if is_causal:
         mask = causal_bool(L, S, causal_alignment, device=query.device).expand(B, H, L, S)
     if mask is not None:
         logits = logits.masked_fill(~mask, NEG_INF) if mask.dtype == torch.bool else logits + mask.to(dt)
-    w = torch.softmax(logits, dim=-1)
+    if sinks is not None:  # the sink is one more logit per head whose value is zero
+        col = sinks.to(logits.dtype).reshape(1, H, 1, 1).expand(B, H, L, 1)
+        w = torch.softmax(torch.cat([logits, col], dim=-1), dim=-1)[..., :S]
+    else:
+        w = torch.softmax(logits, dim=-1)
     w = torch.nan_to_num(w, nan=0.0)  # fully masked rows: softmax of all -inf is NaN; defined as zero
     return torch.matmul(w, v).to(dt)

@@ -25,6 +25,8 @@ from harness.defaults import BACKWARD_FACTOR, CALL_TIMEOUT_S, FORWARD_FACTOR, IM
 from harness.tiers import enforced
 
 OPT_IN_SUITES = ("model", "throughput")  # slow or needing extras: run only when named with --suite
+# Suites only kernels in flash_attn's call convention can run: left out of an SDPA kernel's default run.
+FLASH_SUITES = ("flash", "paged")
 
 
 def suites_dir() -> Path:
@@ -52,8 +54,16 @@ def property_names(suites=None) -> list[str]:
     return names
 
 
-def default_suites() -> list[str]:
-    return [s for s in available_suites() if s not in OPT_IN_SUITES]
+def default_suites(api: str = "sdpa") -> list[str]:
+    """The suites a plain run gives an implementation of call convention ``api``."""
+    skip = OPT_IN_SUITES + (FLASH_SUITES if api == "sdpa" else ())
+    return [s for s in available_suites() if s not in skip]
+
+
+def suites_for(opts: "CheckOptions", spec: str) -> list[str]:
+    from harness.contract import split_api
+
+    return list(opts.suites or default_suites(split_api(spec)[1]))
 
 
 @dataclass
@@ -114,7 +124,7 @@ def suite_entry() -> list:
 
 def _pytest_command(opts: CheckOptions, spec: str) -> list:
     sd = suites_dir()
-    suites = opts.suites or default_suites()
+    suites = suites_for(opts, spec)
     files = [str(sd / f"test_{s}.py") for s in suites]
     cmd = [*suite_entry(), *files, "-p", "no:cacheprovider", "-q", "--no-header",
            "-rN", "--tb=short", "--attn-impl", absolute_spec(spec), "--attn-device", opts.device,
@@ -295,7 +305,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
 
     ``launcher`` (:func:`harness.launcher.start`) forks the processes from one that has imported
     torch already; without it each is started afresh."""
-    suites = list(opts.suites or default_suites())
+    suites = suites_for(opts, spec)
     groups = shard_suites(suites, opts.shards, opts.profile) if opts.shards > 1 and not opts.stop_early else [suites]
     if len(groups) == 1:
         return _run_processes(opts, spec, log_path, on_progress, launcher)

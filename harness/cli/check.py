@@ -86,6 +86,9 @@ def cmd_check(args) -> int:
 
     if not args.impl:
         return usage_error("give at least one --impl SPEC (see `attn-harness list`)")
+    from harness.contract import with_api
+
+    args.impl = [with_api(s, args.api) for s in args.impl]
     from harness.cli.spec_check import check_all
 
     check_all(args)  # before any process starts or torch is imported
@@ -251,6 +254,10 @@ def register(sub) -> None:
                 "example: attn-harness check --impl ./my_attn.py:attn --profile quick"))
     c.add_argument("--impl", action="append", default=[], metavar="SPEC",
                    help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
+    c.add_argument("--api", default="sdpa", choices=("sdpa", "flash_attn"),
+                   help="the call convention the kernels are written to: torch SDPA's (default) or flash-attn 2.x's "
+                        "flash_attn_func / flash_attn_varlen_func / flash_attn_with_kvcache, read from the "
+                        "parameters (same as SPEC@flash_attn)")
     c.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where the inputs are made and the kernel runs (default cpu)")
     c.add_argument("--dtype", default=None, metavar="LIST",

@@ -131,8 +131,11 @@ def _looks_like_file(target: str) -> bool:
 
 
 def check_spec(spec: str) -> None:
-    """Raise :class:`UsageError` (one line, with a suggestion) for a spec certain not to load."""
-    spec = spec.strip()
+    """Raise :class:`UsageError` (one line, with a suggestion) for a spec certain not to load.
+    A call-convention suffix (``SPEC@flash_attn``) is the loader's; the rest is checked here."""
+    from harness.contract import split_api
+
+    spec = split_api(spec.strip())[0]
     if not spec:
         raise UsageError("empty implementation spec")
     if ":" not in spec:
@@ -179,8 +182,12 @@ def check_spec(spec: str) -> None:
 def static_signature_problem(spec: str) -> Optional[str]:
     """The contract mismatch of a plain top-level ``def`` named by ``spec``, read from its source
     (so the diagnosis comes before torch is imported); None when fine or not certain from the source
-    (a decorator other than ``capabilities``, a name bound twice, anything not a file or module)."""
-    if ":" not in spec:
+    (a decorator other than ``capabilities``, a name bound twice, anything not a file or module,
+    a kernel written to another call convention, whose adapter the loader builds)."""
+    from harness.contract import split_api
+
+    spec, api = split_api(spec)
+    if ":" not in spec or api != "sdpa":
         return None
     target, attr = spec.rsplit(":", 1)
     source = target if _looks_like_file(target) else _module_source(target)[1]
