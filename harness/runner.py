@@ -45,7 +45,7 @@ def property_names(suites=None) -> list[str]:
     import ast
 
     names = []
-    for s in suites or default_suites():
+    for s in suites or default_suites("flash_attn"):  # every default suite of either convention
         path = suites_dir() / f"test_{s}.py"
         if path.exists():
             tree = ast.parse(path.read_text())

@@ -47,7 +47,8 @@ def test_suites_and_property_names_come_from_the_shipped_suite_files():
     avail = R.available_suites()
     assert {"correctness", "causal", "fingerprint", *R.OPT_IN_SUITES} <= set(avail)
     assert avail == sorted(avail)
-    assert set(R.default_suites()) == set(avail) - set(R.OPT_IN_SUITES)
+    assert set(R.default_suites()) == set(avail) - set(R.OPT_IN_SUITES) - set(R.FLASH_SUITES)
+    assert set(R.default_suites("flash_attn")) == set(avail) - set(R.OPT_IN_SUITES)
     names = R.property_names(["fingerprint"])
     assert "test_default_scale" in names and "test_deterministic" in names
     assert all(n.startswith("test_") for n in names) and "_expect" not in names

@@ -60,6 +60,19 @@ def test_interpreter_kernel_passes_and_says_interpreter(tmp_path):
         assert ran[("normalization", "test_ones_values_give_ones", dtype)] == "pass"
 
 
+def test_interpreter_kernel_passes_its_soft_cap_variant(tmp_path):
+    # The same kernel behind flash_attn_func's signature: bottom-right causal and soft-capping.
+    r, report = check(tmp_path, "--impl", CUSTOM_KERNELS["triton_flash_attn_func"]["spec"], "--suite", "flash",
+                      "--property", "test_softcap_beyond_cap or test_variants_match_reference",
+                      "--dtype", "float32,float16", "--profile", "quick")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (impl,) = report["implementations"]
+    ran = {(x["property"], x["dtype"]): x["status"] for x in impl["results"]}
+    for dtype in ("float32", "float16"):
+        assert ran[("test_softcap_beyond_cap", dtype)] == "pass"
+        assert ran[("test_variants_match_reference", dtype)] == "pass"
+
+
 def test_planted_tail_mask_bug_is_caught(tmp_path):
     r, report = check(tmp_path, "--impl", PLANTED, "--dtype", "float32", "--profile", "quick",
                       "--suite", "normalization", "--property", "test_ones_values_give_ones")
