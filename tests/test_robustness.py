@@ -285,7 +285,7 @@ def test_a_module_hanging_at_import_is_a_load_error_and_others_run(tmp_path):
 
 @pytest.mark.slow  # a whole `attn-harness check` run
 def test_a_segfaulting_kernel_accounts_for_every_property(tmp_path):
-    from harness.runner import MAX_RESTARTS, property_names
+    from harness.runner import MAX_RESTARTS, default_suites, property_names
 
     # Crashes in every property (never in the loader's base-case call): the restart limit is reached.
     in_suites = write(tmp_path, "segv_suites.py", """
@@ -311,7 +311,7 @@ def test_a_segfaulting_kernel_accounts_for_every_property(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     by = {Path(i["spec"].split(":")[0]).name: i for i in rep["implementations"]}
-    selected = len(property_names())
+    selected = len(property_names(default_suites()))
     a = by["segv_suites.py"]
     assert statuses(a) == {"error": MAX_RESTARTS + 1, "not_run": selected - MAX_RESTARTS - 1}, statuses(a)
     not_run = [x for x in a["results"] if x["status"] == "not_run"]
@@ -331,7 +331,7 @@ def test_a_segfaulting_kernel_accounts_for_every_property(tmp_path):
 
 @pytest.mark.slow  # a whole `attn-harness check` run
 def test_a_kernel_that_cannot_run_is_stopped_after_the_base_case(tmp_path):
-    from harness.runner import property_names
+    from harness.runner import default_suites, property_names
 
     wrong = write(tmp_path, "wrongsig.py", "def attn(q, k):\n    return q\n")
     numpy_out = write(tmp_path, "numpy_out.py", """
@@ -349,7 +349,7 @@ def test_a_kernel_that_cannot_run_is_stopped_after_the_base_case(tmp_path):
     assert "float32, float16" in n
     assert r.stderr.count("unexpected keyword argument") == 0  # not one line per property
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
-    selected = 2 * len(property_names())
+    selected = 2 * len(property_names(default_suites()))
     for impl in rep["implementations"]:
         assert impl["verdict"] == "fail" and impl["diagnosis"]
         assert statuses(impl) == {"error": 2, "not_run": selected - 2}, statuses(impl)
