@@ -133,6 +133,12 @@ BUILTINS: dict = {
     "flex": (lambda: _flex(compiled=torch.cuda.is_available()),
              Capabilities(autograd=torch.cuda.is_available()),
              "torch FlexAttention (eager on CPU: no backward there; torch.compile on CUDA)", _flex_reason),
+    # flash_attn_func's convention (contract.FLASH_BUILTINS): checked by the flash suites too
+    "flex-flash": (lambda: __import__("harness.flash.flex", fromlist=["make"]).make(),
+                   Capabilities(autograd=torch.cuda.is_available(), causal="bottom_right", window=True, softcap=True,
+                                alibi=True, sinks=True, lse=True),
+                   "torch FlexAttention behind flash_attn_func's signature (windows, soft-cap, ALiBi, sinks, LSE)",
+                   _flex_reason),
     "sdpa-flash": (lambda: _sdpa_backend("FLASH_ATTENTION"),
                    Capabilities(devices=("cuda",), dtypes=_GPU_HALF, max_head_dim=256, value_dim_differs=False,
                                 mask_kinds=("none",)),

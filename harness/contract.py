@@ -23,6 +23,8 @@ FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 # Call conventions a kernel may be written to: torch SDPA's (the default) and flash-attn 2.x's
 # public functions (harness.flash.convention reads which of its three from the parameters).
 APIS = ("sdpa", "flash_attn")
+# Built-in names written to flash_attn's convention (harness.builtins): no @flash_attn needed.
+FLASH_BUILTINS = ("flex-flash",)
 
 
 def split_api(spec: str) -> tuple:
@@ -31,7 +33,7 @@ def split_api(spec: str) -> tuple:
     base, sep, api = spec.rpartition("@")
     if sep and api in APIS:
         return base, api
-    return spec, "sdpa"
+    return spec, "flash_attn" if spec in FLASH_BUILTINS else "sdpa"
 
 
 def with_api(spec: str, api: str) -> str:

@@ -102,7 +102,7 @@ def load(spec: str, api: str = None) -> Implementation:
         from harness.flash.convention import implementation
 
         impl = load(base, "sdpa")
-        impl.spec = f"{base}@{api}"
+        impl.spec = base if split_api(base)[1] == api else f"{base}@{api}"
         return implementation(impl)
     spec = base
     if not spec:

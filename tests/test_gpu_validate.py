@@ -48,7 +48,8 @@ def test_dry_run_lists_the_full_plan(tmp_path):
     check = [l for l in lines if l.strip().startswith("[check]")]
     assert len(check) == 1
     for spec in ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "fixtures/triton_attention.py:triton_attention",
-                 "fixtures/cpp_attention.py:cuda_attention"):
+                 "fixtures/cpp_attention.py:cuda_attention", "flex-flash",
+                 "fixtures/triton_attention.py:triton_flash_attn_func@flash_attn"):
         assert f"--impl {spec}" in check[0], spec
     assert "--device cuda" in check[0] and "--dtype bfloat16,float16" in check[0]
     assert "--suite" not in check[0]  # every default suite, regions included

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.catalog import CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, PLANTED, STRICT_ONLY, SWEEP_EXTRA_SUITES
+from fixtures.catalog import (CORRECT, CORRECT_STRICT_FAILS, HALF_ONLY, PLANTED, SLOW_CORRECT, STRICT_ONLY,
+                              SWEEP_EXTRA_SUITES)
 
 # The planted-bug sweep takes minutes: `python -m pytest -m "not slow"` skips it for a quick local
 # loop; CI runs everything.
@@ -50,12 +51,12 @@ def _merge(by, more):
 def sweep(tmp_path_factory):
     """Correct fixtures: every default suite in float32 at the default profile and in bfloat16 and
     float16 at the quick one (no false positive anywhere; flex, eager FlexAttention on CPU at
-    minutes a dtype, in float32 only). Planted bugs: grouped by the suites meant to catch them plus
-    those they are the proof of (catalog.SWEEP_EXTRA_SUITES), in float32, or in half precision for
+    minutes a dtype, in float32 only; its flash_attn-convention form on the flash suites only).
+    Planted bugs: grouped by the suites meant to catch them plus those they are the proof of (catalog.SWEEP_EXTRA_SUITES), in float32, or in half precision for
     HALF_ONLY bugs. The checks run two at a time, longest first."""
     out = tmp_path_factory.mktemp("sweep")
-    correct = [v for k, v in CORRECT.items() if k != "flex"]
-    jobs = [dict(specs=[CORRECT["flex"]]),
+    correct = [v for k, v in CORRECT.items() if k not in SLOW_CORRECT]
+    jobs = [dict(specs=[CORRECT["flex"]]), dict(specs=[CORRECT["flex_flash_attn_func"]], suites=["flash", "paged"]),
             dict(specs=correct[::2]), dict(specs=correct[1::2]),
             dict(specs=correct[::2], dtypes=HALF, profile="quick"),
             dict(specs=correct[1::2], dtypes=HALF, profile="quick")]

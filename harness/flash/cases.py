@@ -46,7 +46,7 @@ class FlashCase:
     causal: bool = False
     window: tuple = (-1, -1)
     softcap: float = 0.0
-    alibi: bool = False
+    alibi: object = False  # True: slopes (H,); "per_batch": (B, H), as flash_attn also takes them
     sinks: bool = False
     scale: Optional[float] = None
     page_size: int = 0  # kvcache: 0 = one contiguous cache row per sequence
@@ -97,7 +97,7 @@ class FlashCase:
         if self.softcap:
             bits.append(f"softcap={self.softcap:g}")
         if self.alibi:
-            bits.append("ALiBi")
+            bits.append("ALiBi (B, H)" if self.alibi == "per_batch" else "ALiBi")
         if self.sinks:
             bits.append("sinks")
         if self.scale is not None:
@@ -128,12 +128,18 @@ class FlashInputs:
     qs: list  # per sequence (Lq_b, H, E), in the case dtype
     ks: list  # per sequence (keys(b), Hkv, E): every key the sequence attends to, appended ones included
     vs: list
-    alibi_slopes: Optional[torch.Tensor]  # (H,) float32
+    alibi_slopes: Optional[torch.Tensor]  # (H,) or (B, H) float32
     sinks: Optional[torch.Tensor]  # (H,) float32
     descale: Optional[dict]  # {"q_descale": (B, Hkv), ...} float32, FP8 only
     tensors: dict  # what the kernel gets, by flash_attn parameter name
     slot_of: list  # kvcache: per sequence, the (block, slot) of each key position (a LongTensor (keys, 2))
     garbage: Optional[torch.Tensor] = None  # kvcache: bool (blocks, page) slots no sequence may read
+
+    def slopes(self, b: int) -> Optional[torch.Tensor]:
+        """Sequence b's ALiBi slopes (H,), or None."""
+        if self.alibi_slopes is None:
+            return None
+        return self.alibi_slopes[b] if self.alibi_slopes.dim() == 2 else self.alibi_slopes
 
     def dequant(self, x: torch.Tensor, b: int, which: str) -> torch.Tensor:
         """x of sequence b in float64 as the kernel must read it (FP8: times its descale)."""
@@ -164,7 +170,9 @@ def build(c: FlashCase, device: str = "cpu") -> FlashInputs:
         for b in range(1, c.B):
             ks[b][:n] = ks[0][:n]
             vs[b][:n] = vs[0][:n]
-    alibi = _slopes(c.H, g) if c.alibi else None
+    alibi = None
+    if c.alibi:
+        alibi = torch.stack([_slopes(c.H, g) for _ in range(c.B)]) if c.alibi == "per_batch" else _slopes(c.H, g)
     sinks = (torch.randn(c.H, generator=g) * 2).to(torch.float32) if c.sinks else None
     descale = None
     if c.dtype in FP8:

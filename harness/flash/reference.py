@@ -48,7 +48,7 @@ def additive_mask(inp: FlashInputs, b: int) -> Optional[torch.Tensor]:
     bias = torch.zeros(c.H, Lq, Lk, dtype=torch.float64)
     if inp.alibi_slopes is not None:
         dist = (torch.arange(Lq).unsqueeze(1) + (Lk - Lq) - torch.arange(Lk).unsqueeze(0)).abs()
-        bias = -inp.alibi_slopes.to(torch.float64).view(-1, 1, 1) * dist.to(torch.float64)
+        bias = -inp.slopes(b).to(torch.float64).view(-1, 1, 1) * dist.to(torch.float64)
     return torch.where(ok, bias, torch.full_like(bias, NEG_INF)).unsqueeze(0)
 
 

@@ -44,7 +44,7 @@ def flash_cases(draw, max_batch: int = 4, max_q: int = 12, max_k: int = 24, **pi
     return FlashCase(
         B=B, H=H, Hkv=Hkv, E=pick("E", st.sampled_from([16, 8, 32, 64])), seqlens_q=seqlens_q, seqlens_k=seqlens_k,
         new=pick("new", st.sampled_from([0, 1, 3])), causal=pick("causal", st.booleans()),
-        window=pick("window", WINDOWS), softcap=pick("softcap", SOFTCAPS), alibi=pick("alibi", st.booleans()),
+        window=pick("window", WINDOWS), softcap=pick("softcap", SOFTCAPS), alibi=pick("alibi", st.sampled_from([False, True, "per_batch"])),
         sinks=pick("sinks", st.booleans()), scale=pick("scale", SCALES), page_size=page_size,
         shared_pages=shared if page_size * shared <= min(seqlens_k) else 0,
         num_splits=pick("num_splits", st.sampled_from([0, 2, 3])),
