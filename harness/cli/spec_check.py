@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib.machinery
 import importlib.util
 import os
@@ -19,17 +20,27 @@ from typing import Optional
 
 from harness.cli.usage import UsageError
 
-# harness.builtins imports torch; tests/test_robustness.py keeps this list equal to its BUILTINS.
-BUILTIN_NAMES = ("reference", "sdpa", "sdpa-math", "flex", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
 ENTRY_POINT_GROUP = "attention_harness.backends"  # = harness.loading.ENTRY_POINT_GROUP (which imports torch)
 _DYNAMIC_CALLS = {"globals", "setattr", "vars", "exec", "eval", "__import__"}
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin_names() -> tuple:
+    """The keys of ``harness.builtins.BUILTINS``, read from its source (importing it imports torch)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "builtins.py")
+    tree = _parse(path)
+    for node in tree.body if tree is not None else []:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "BUILTINS" and isinstance(node.value, ast.Dict):
+            return tuple(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    return ()
 
 
 def plugin_names() -> list:
     from importlib.metadata import entry_points
 
     try:
-        return [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN_NAMES]
+        return [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _builtin_names()]
     except Exception:  # noqa: BLE001 - a broken distribution's metadata is the loader's to report
         return []
 
@@ -139,7 +150,7 @@ def check_spec(spec: str) -> None:
     if not spec:
         raise UsageError("empty implementation spec")
     if ":" not in spec:
-        if spec in BUILTIN_NAMES or spec in plugin_names():
+        if spec in _builtin_names() or spec in plugin_names():
             return
         if _looks_like_file(spec) and os.path.isfile(spec):
             raise UsageError(f"{spec}: a file, not a built-in; name the function: "
@@ -148,7 +159,7 @@ def check_spec(spec: str) -> None:
             found, src = _module_source(spec)
             raise UsageError(f"{spec}: a module, not a built-in; name the function: "
                              + _did_you_mean(spec, None, qkv_callables(_parse(src) if src else None)))
-        known = [*BUILTIN_NAMES, *plugin_names()]
+        known = [*_builtin_names(), *plugin_names()]
         close = difflib.get_close_matches(spec, known, n=1)
         raise UsageError(f"{spec}: unknown built-in" + (f"; did you mean {close[0]}?" if close else "")
                          + f" (known: {', '.join(known)}); use path/to/file.py:function or package.module:function")
