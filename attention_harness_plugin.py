@@ -54,6 +54,10 @@ def pytest_addoption(parser):
     g.addoption("--attn-forbid-ops", default=None, metavar="PATTERNS",
                 help="comma-separated aten op patterns (fnmatch) the kernel must not call, e.g. "
                      "'aten::_scaled_dot_product*'; a match fails the integrity suite")
+    g.addoption("--attn-stop-early", default=None, metavar="JSON",
+                help="run nothing: record the base case as an error with these messages and every other "
+                     "property as not run ({\"reason\": ..., \"base\": {dtype: message}}; attn-harness check "
+                     "passes it for a kernel that cannot run the base case)")
 
 
 def _suites_dir():

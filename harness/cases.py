@@ -402,3 +402,9 @@ def real_case(layer: int, policy: str = "padding", **kw) -> Case:
         fields.update(policy=policy)
     fields.update(kw)
     return Case(**fields)
+
+
+def base_case() -> Case:
+    """The smallest unmasked case: correctness::test_base_case, and the call that decides whether
+    a kernel can run at all (:mod:`harness.preload`)."""
+    return Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16)

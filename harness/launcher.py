@@ -97,9 +97,10 @@ class ForkServer:
         self._dead = False
         threading.Thread(target=self._read, name="attn-harness-forkserver", daemon=True).start()
 
-    def spawn(self, argv: list, cwd: str) -> Optional[Child]:
-        """A child running ``pytest argv`` in ``cwd``; None if the server is gone (start one
-        the ordinary way then)."""
+    def spawn(self, argv: list, cwd: str, entry: str = "pytest") -> Optional[Child]:
+        """A child running ``pytest argv`` in ``cwd`` (``entry="preload"``: ``python -m harness.preload
+        argv``, which loads implementations); None if the server is gone (start one the ordinary
+        way then)."""
         r, w = os.pipe()
         child = Child(r)
         try:
@@ -108,7 +109,7 @@ class ForkServer:
                     if self._dead:
                         raise OSError("the fork server has ended")
                     self._pending = child
-                socket.send_fds(self._sock, [json.dumps({"argv": argv, "cwd": cwd}).encode()], [w])
+                socket.send_fds(self._sock, [json.dumps({"argv": argv, "cwd": cwd, "entry": entry}).encode()], [w])
                 with self._reply:
                     # The first answer waits for the server's imports (seconds; more on a cold disk).
                     if not self._reply.wait_for(lambda: self._pending is None or self._dead, timeout=SPAWN_TIMEOUT_S):
@@ -246,7 +247,10 @@ def _child(req: dict, out: int) -> None:
     os.chdir(req["cwd"])
     sys.argv = ["pytest", *req["argv"]]
     try:
-        from harness.suite_process import main
+        if req.get("entry") == "preload":
+            from harness.preload import main
+        else:
+            from harness.suite_process import main
 
         main()  # leaves with os._exit
     except BaseException:  # noqa: BLE001 - a child must never return into the server's loop

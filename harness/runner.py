@@ -94,6 +94,10 @@ class CheckOptions:
     shards: int = 1
     reruns: Optional[int] = None  # the invariance suite's repeated calls (--reruns)
     certify: tuple = ()  # --certify: tiers added to the run (and the gate) beyond the default suites
+    # From harness.preload: the kernel cannot run the base case ({"reason", "base": {dtype: message}}):
+    # one process records it and runs nothing else.
+    stop_early: Optional[dict] = None
+    show_kernel_output: bool = False  # pytest -s, and the kernel's lines echoed to stderr as they come
 
 
 def absolute_spec(spec: str) -> str:
@@ -160,11 +164,17 @@ def _pytest_command(opts: CheckOptions, spec: str) -> list:
         cmd += ["--attn-forbid-ops", ",".join(opts.forbid_ops)]
     if opts.reruns:
         cmd += ["--attn-reruns", str(opts.reruns)]
+    if opts.stop_early:
+        cmd += ["--attn-stop-early", json.dumps(opts.stop_early)]
+    if opts.show_kernel_output:
+        cmd.append("-s")
     return cmd + list(opts.extra_pytest_args)
 
 
 CRASH_SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 11: "SIGSEGV"}
-MAX_RESTARTS = 8  # a kernel that crashes on every property still ends in bounded time
+# Restarts after a crash, per suite process (per shard): a kernel that crashes on every property
+# still ends in bounded time; what it never reached is recorded as not run (README: Restarts).
+MAX_RESTARTS = 8
 
 
 def _signal_problem(rc: int, timed_out: bool) -> str:
@@ -180,7 +190,7 @@ def _signal_problem(rc: int, timed_out: bool) -> str:
 
 
 def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: list,
-             on_progress: Optional[Callable[[dict], None]], launcher=None) -> tuple:
+             on_progress: Optional[Callable[[dict], None]], launcher=None, echo: bool = False) -> tuple:
     """One pytest process (forked by ``launcher``, a :class:`harness.launcher.ForkServer`, when
     given and alive, else started); streams results into ``results``. Returns (returncode,
     timed_out, the property in flight when it ended, the node ids it finished in order)."""
@@ -228,6 +238,9 @@ def _attempt(cmd: list, env: dict, deadline: float, log_lines: list, results: li
                     on_progress(ev)
                 continue
             log_lines.append(line)
+            if echo and running:  # printed while a property ran: the kernel's (or the property's) output
+                sys.stderr.write(f"    | {line}" if line.endswith("\n") else f"    | {line}\n")
+                sys.stderr.flush()
         proc.wait()
     except KeyboardInterrupt:
         proc.kill()
@@ -304,7 +317,7 @@ def run_one(opts: CheckOptions, spec: str, log_path: Optional[Path] = None,
     ``launcher`` (:func:`harness.launcher.start`) forks the processes from one that has imported
     torch already; without it each is started afresh."""
     suites = suites_for(opts, spec)
-    groups = shard_suites(suites, opts.shards, opts.profile) if opts.shards > 1 else [suites]
+    groups = shard_suites(suites, opts.shards, opts.profile) if opts.shards > 1 and not opts.stop_early else [suites]
     if len(groups) == 1:
         return _run_processes(opts, spec, log_path, on_progress, launcher)
     import dataclasses
@@ -356,6 +369,15 @@ def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
     history: list = []  # properties in the order the processes ran them
     problems: list = []
     problem_recorded = False
+    selected: list = []  # every property the first process collected
+
+    def collect(ev):
+        items = ev.pop("items", None)
+        if items is not None and not selected:  # a restart collects only what is left
+            selected.extend(items)
+        if on_progress is not None:
+            on_progress(ev)
+    crashes = 0
     cmd = base_cmd
     rc = 0
     for attempt in range(MAX_RESTARTS + 1):
@@ -364,7 +386,8 @@ def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
             log_lines.append(f"\n--- restarted after a crash (restart {attempt}), resuming after {len(skip_ids)} "
                              f"finished or crashed properties ---\n")
         n_before = len(results)
-        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, on_progress, launcher)
+        rc, timed_out, running, done_ids = _attempt(cmd, env, deadline, log_lines, results, collect, launcher,
+                                                    **({"echo": True} if opts.show_kernel_output else {}))
         history += [f"{r['suite']}::{r['property']}" for r in results[n_before:]]
         skip_ids += done_ids
         if timed_out:
@@ -403,7 +426,19 @@ def _run_processes(opts: CheckOptions, spec: str, log_path: Optional[Path],
         history.append(f"{running['suite']}::{running['property']}")
         if timed_out or rc >= 0 or -rc not in CRASH_SIGNALS or not running.get("nodeid"):
             break  # only a crash is worth resuming after; a timeout or an outside signal ends the run
+        crashes += 1
         skip_ids.append(running["nodeid"])
+    if problems:
+        from harness.accounting import fill_not_run
+
+        if crashes > MAX_RESTARTS:
+            why = (f"the test process crashed {crashes} times; the harness restarts it after each crash "
+                   f"at most {MAX_RESTARTS} times, then stops")
+        else:
+            why = problems[-1]
+        n = fill_not_run(results, selected, why, opts.device, absolute_spec(spec), opts.seed)
+        if n:
+            log_lines.append(f"\n--- {n} properties not run: {why} ---\n")
     absolute = absolute_spec(spec)
     if absolute != spec:
         # Results name the spec as the user typed it, for the directory they typed it in.

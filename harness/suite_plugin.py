@@ -473,6 +473,44 @@ def pytest_runtest_setup(item):
                                             "doc": _doc(item)}})
 
 
+def _harness_items(items) -> list:
+    out = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "target_key" in params:
+            out.append((item, {"suite": _suite(item), "property": item.originalname, "dtype": params["target_key"][1],
+                               "tier": _tier(item), "doc": _doc(item)}))
+    return out
+
+
 def pytest_collection_finish(session):
-    if session.config.getoption("attn_progress"):
-        _progress(session.config, {"collected": len(session.items)})
+    config = session.config
+    items = _harness_items(session.items)
+    if config.getoption("attn_progress"):
+        # The whole selection, so a run that ends early can account for every property it never reached.
+        _progress(config, {"collected": len(session.items), "items": [d for _, d in items]})
+    stop = config.getoption("attn_stop_early")
+    if stop:
+        _stop_early(session, items, json.loads(stop))
+
+
+def _stop_early(session, items, stop: dict) -> None:
+    """The kernel cannot run the base case (harness.preload called it): the base case is its
+    error and nothing else runs."""
+    from harness.accounting import not_run_result
+
+    hc = _config(session.config)
+    base = stop.get("base") or {}
+    for item, d in items:
+        spec = item.callspec.params["target_key"][0]
+        if d["property"] == "test_base_case":
+            msg = base.get(d["dtype"]) or base.get("*") or stop["reason"]
+            _store(item, hc, spec, d["dtype"], d["tier"], "error", msg, None, None)
+            continue
+        res = not_run_result(d, f"stopped after the base case: {stop['reason']}", hc.device, spec, hc.seed)
+        item.config._attention_harness_results.append(res)
+        if item.config.getoption("attn_progress"):
+            _progress(item.config, {"impl": spec, "suite": d["suite"], "property": d["property"], "dtype": d["dtype"],
+                                    "status": res["status"], "tier": d["tier"],
+                                    "enforced": enforced(d["tier"], hc.strict), "result": res})
+    session.items[:] = []

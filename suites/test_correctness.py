@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 
 from harness import probes
 from harness import strategies as hs
-from harness.cases import Case, real_case
+from harness.cases import Case, base_case, real_case
 
 TILE_EDGES = [15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129]
 
 
 def test_base_case(target):
     """The smallest unmasked input runs and is right: a kernel that cannot do this fails."""
-    case = Case(B=1, H=1, Hkv=1, L=4, S=4, E=16, Ev=16).fit(target.caps, target.dtype, target.device)
+    case = base_case().fit(target.caps, target.dtype, target.device)
     if case is None:
         pytest.skip("unsupported: the smallest unmasked case is outside the declared capabilities")
     inp = case.materialize()

@@ -24,6 +24,11 @@ def test_fingerprint(target):
     if fp and all(v == "unsupported" for v in fp.values()):
         # nothing was detected: a "pass" would claim a fingerprint that was never taken
         pytest.skip(f"unsupported: every fingerprint entry is unsupported ({', '.join(fp)})")
+    probed = {k: v for k, v in fp.items() if v != "unsupported"}
+    if probed and all(isinstance(v, str) and v.startswith("error:") for v in probed.values()):
+        # Every call raised: nothing was fingerprinted, and a "pass" would say it was.
+        first = next(iter(probed.items()))
+        raise probes.ImplementationError(f"every fingerprint probe raised ({len(probed)}); {first[0]}: {first[1]}")
 
 
 # What a detected behaviour is called in a capabilities declaration, where one exists.

@@ -121,7 +121,7 @@ def register(subparsers) -> None:
         epilog=SHAPES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--impl", action="append", default=[], metavar="SPEC",
                    help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
-    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the kernel runs (default cpu)")
     b.add_argument("--dtype", default=None, choices=ALL_DTYPES,
                    help="default: float32 on cpu, bfloat16 on cuda")
     b.add_argument("--shapes", default=None, metavar="PRESET|LIST", help="see 'shapes' below (default: default)")

@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.cli.usage import load_specs, usage_error
-from harness.defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, FORWARD_FACTOR,
-                              IMPL_TIMEOUT_S)
+from harness.cli.usage import usage_error
+from harness.defaults import (BACKWARD_FACTOR, CALL_TIMEOUT_S, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+                              FORWARD_FACTOR, IMPL_TIMEOUT_S, LOAD_TIMEOUT_S)
 
 
 class Progress:
@@ -44,6 +44,8 @@ class Progress:
             self.s.write(f"\r\x1b[K[{self.index}/{self.total_impls}] {self.impl} {'#' * fill}{'.' * (n - fill)} "
                          f"{self.done}/{self.total or '?'} {ev['suite']}::{ev['property']} | {c}")
             self.s.flush()
+        elif ev["status"] == "not_run":
+            pass  # recorded without running: the finish line counts them
         elif ev["suite"] != self.suite:
             self.suite = ev["suite"]
             self.s.write(f"[{self.index}/{self.total_impls}] {self.impl}: {ev['suite']} "
@@ -53,11 +55,16 @@ class Progress:
             note = "" if ev.get("enforced", True) else f" ({ev.get('tier')} tier, reported only)"
             self.s.write(f"    {ev['status']}: {ev['suite']}::{ev['property']} [{ev['dtype']}]{note}\n")
 
-    def finish(self, verdict: str, duration: float):
-        c = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+    def finish(self, verdict: str, duration: float, results=None, strict=False):
+        from harness.accounting import headline
+
+        if results is not None:  # the final results: not-run properties and reported findings counted apart
+            line = headline(verdict, results, strict)
+        else:
+            line = f"{verdict.upper()} (" + ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items())) + ")"
         if self.tty:
             self.s.write("\r\x1b[K")
-        self.s.write(f"[{self.index}/{self.total_impls}] {self.impl}: {verdict.upper()} ({c}) in {duration:.1f} s\n")
+        self.s.write(f"[{self.index}/{self.total_impls}] {self.impl}: {line} in {duration:.1f} s\n")
         self.s.flush()
 
 
@@ -82,6 +89,9 @@ def cmd_check(args) -> int:
     from harness.contract import with_api
 
     args.impl = [with_api(s, args.api) for s in args.impl]
+    from harness.cli.spec_check import check_all
+
+    check_all(args)  # before any process starts or torch is imported
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     from harness.contract import ALL_DTYPES
 
@@ -139,7 +149,14 @@ def _check(args, dtypes, server) -> int:
     from harness import certify as C
     from harness.runner import CheckOptions, default_suites, run_one, shard_count
 
-    impls = load_specs(args.impl, args.traceback)
+    from harness.cli.loaded import load_or_report
+
+    try:
+        impls, load_failed = load_or_report(args, dtypes, server)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if not impls:
+        return EXIT_USAGE
     report_dir = Path(args.report_dir or Path("reports") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     opts = CheckOptions(specs=list(args.impl), device=args.device, dtypes=dtypes, profile=args.profile,
                         suites=args.suite, certify=tuple(args.certify or ()),
@@ -147,7 +164,7 @@ def _check(args, dtypes, server) -> int:
                         case=args.case, example=args.example, call_timeout=args.call_timeout, impl_timeout=args.impl_timeout,
                         forward_factor=args.forward_factor, backward_factor=args.backward_factor,
                         forbid_ops=[p.strip() for p in (args.forbid_ops or "").split(",") if p.strip()],
-                        triton_interpret=args.triton_interpret,
+                        triton_interpret=args.triton_interpret, show_kernel_output=args.show_kernel_output,
                         shards=shard_count(args.shards, args.device, min(args.jobs, len(impls))))
     from harness.defaults import DEFAULT_SEED
 
@@ -169,13 +186,15 @@ def _check(args, dtypes, server) -> int:
         progress = Progress(force_plain=args.jobs > 1)
         progress.reset(impl.name, n, len(impls))
         log = report_dir / "logs" / f"{n:02d}-{_safe(impl.name)}.txt"
-        res = run_one(opts, impl.spec, log, progress, server)
+        from harness.cli.loaded import run_loaded
+
+        res = run_loaded(opts, impl, log, progress, server)
         entry = _implementation_entry(impl, res, args, options, log)
         with lock:
             finished[n] = entry
             rep["implementations"] = [finished[i] for i in sorted(finished)]
             paths.update(report_writer.write_all(rep, report_dir, args.junit))
-        progress.finish(entry["verdict"], res["duration_s"])
+        progress.finish(entry["verdict"], res["duration_s"], entry["results"], args.strict)
         from harness.report import cause_lines
 
         for line in cause_lines(entry, limit=300, most=8):  # what to fix first; every failure is in the report
@@ -197,12 +216,10 @@ def _check(args, dtypes, server) -> int:
         sys.stderr.write(f"\ninterrupted: the report keeps the {len(finished)} finished "
                          f"implementation(s) in {report_dir}\n")
         return EXIT_INTERRUPTED
-    overall = EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
+    overall = EXIT_USAGE if load_failed else EXIT_OK if all(v == "pass" for v in verdicts) else EXIT_FAIL
     note = C.closing_note(rep["implementations"])
     if note:
         sys.stderr.write(note + "\n")
-    for k, p in paths.items():
-        sys.stderr.write(f"wrote {p}\n")
     summary = report_writer.append_step_summary(rep)
     if summary:
         sys.stderr.write(f"appended the matrix to {summary} (GITHUB_STEP_SUMMARY)\n")
@@ -212,6 +229,9 @@ def _check(args, dtypes, server) -> int:
 
         headers, rows = matrix_rows(rep)
         print(tabulate(rows, headers=headers))
+    for k, p in paths.items():  # last on stdout, one per line: `... | tail -1` is a report's path
+        print(p)
+    sys.stdout.flush()
     return overall
 
 
@@ -235,6 +255,7 @@ def _implementation_entry(impl, res, args, options, log) -> dict:
 
     return {"name": impl.name, "spec": impl.spec,
             "verdict": C.verdict(verdict(results, args.strict) if results else "unsupported", results, certificates),
+            **({"diagnosis": impl.diagnosis} if getattr(impl, "diagnosis", None) else {}),
             "description": impl.description, "capabilities": impl.capabilities.to_dict(), "fingerprint": fp,
             "duration_s": res["duration_s"], "log": str(log), "problem": res["problem"], "results": results,
             "certificates": certificates,
@@ -246,14 +267,30 @@ def _safe(name: str) -> str:
 
 
 def register(sub) -> None:
-    c = sub.add_parser("check", help="run the property suites against implementations and write a report")
+    import argparse
+
+    c = sub.add_parser(
+        "check", help="run the property suites against implementations and write a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Run the property suites (correctness, leakage, isolation, stability, ...) against each --impl and "
+                     "write report.json, report.md and report.html. Each implementation is loaded in a child process "
+                     "(--load-timeout) and runs in its own test processes, so a kernel that hangs or crashes costs "
+                     "only its own results. Progress goes to stderr; the paths of the written reports go to stdout, "
+                     "one per line."),
+        epilog=("exit status:\n"
+                "  0    every enforced property of every implementation passed\n"
+                "  1    an enforced property failed or errored, or an implementation could not be certified\n"
+                "  2    usage error, or an implementation did not load (the others still run)\n"
+                "  130  interrupted (the report keeps the finished implementations)\n\n"
+                "example: attn-harness check --impl ./my_attn.py:attn --profile quick"))
     c.add_argument("--impl", action="append", default=[], metavar="SPEC",
                    help="built-in name, path/to/file.py:function or package.module:function (repeatable)")
     c.add_argument("--api", default="sdpa", choices=("sdpa", "flash_attn"),
                    help="the call convention the kernels are written to: torch SDPA's (default) or flash-attn 2.x's "
                         "flash_attn_func / flash_attn_varlen_func / flash_attn_with_kvcache, read from the "
                         "parameters (same as SPEC@flash_attn)")
-    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the inputs are made and the kernel runs (default cpu)")
     c.add_argument("--dtype", default=None, metavar="LIST",
                    help="comma-separated, e.g. float32,bfloat16 (default: every dtype the implementation "
                         "declares among float32, bfloat16, float16)")
@@ -275,6 +312,9 @@ def register(sub) -> None:
                    help=f"seconds one kernel call may take (default {CALL_TIMEOUT_S:g})")
     c.add_argument("--impl-timeout", type=float, default=IMPL_TIMEOUT_S,
                    help=f"seconds one implementation's whole run may take (default {IMPL_TIMEOUT_S:g})")
+    c.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT_S,
+                   help=f"seconds importing one implementation's module may take (default {LOAD_TIMEOUT_S:g}); "
+                        "past it the spec is a load error")
     c.add_argument("--forward-factor", type=float, default=FORWARD_FACTOR,
                    help=f"forward error bound factor (default {FORWARD_FACTOR:g})")
     c.add_argument("--backward-factor", type=float, default=BACKWARD_FACTOR,
@@ -297,6 +337,9 @@ def register(sub) -> None:
                         "run with a core to spare per implementation, else 1)")
     c.add_argument("--print-summary", action="store_true", help="also print the comparison matrix to stdout")
     c.add_argument("--traceback", action="store_true", help="show tracebacks for loading errors")
+    c.add_argument("--show-kernel-output", action="store_true",
+                   help="let what the kernel prints through to stderr (each line after a bar), as pytest's --capture=no; "
+                        "by default it is kept in the implementation's log only")
     c.set_defaults(func=cmd_check)
 
     l = sub.add_parser("list", help="built-in implementations (and whether they run here) and suites")

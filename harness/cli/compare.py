@@ -67,7 +67,7 @@ def register(subparsers) -> None:
                    help="flag error ratios that grew beyond this factor (and past 0.5) (default 1.5)")
     c.add_argument("--slowdown", type=float, default=0.05,
                    help="flag throughput entries whose median time grew by more than this fraction (default 0.05)")
-    c.add_argument("--format", choices=("md", "html"), default="md")
+    c.add_argument("--format", choices=("md", "html"), default="md", help="output format (default md)")
     c.add_argument("--output", default=None, metavar="FILE", help="write the comparison here")
     c.set_defaults(func=cmd_compare)
 

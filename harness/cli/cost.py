@@ -109,10 +109,10 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help=f"model preset: {', '.join(MODELS)}")
-    p.add_argument("--kv-heads", dest="kv_heads", type=int, default=None)
-    p.add_argument("--head-dim", dest="head_dim", type=int, default=None)
+    p.add_argument("--kv-heads", dest="kv_heads", type=int, default=None, help="key/value heads (GQA/MQA: fewer than query heads)")
+    p.add_argument("--head-dim", dest="head_dim", type=int, default=None, help="dimension of one head")
     p.add_argument("--seq", type=int, default=None, help="sequence length (cached tokens)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="sequences at once (default 1)")
     p.add_argument("--dtype", default="bf16", help=f"one of {', '.join(DTYPE_BYTES)}")
 
 
@@ -123,7 +123,7 @@ def register(subparsers) -> None:
         help="KV-cache memory for a model shape",
         description="KV-cache bytes = " + KV_CACHE_FORMULA + ". Explicit flags override --model.",
     )
-    kv.add_argument("--layers", type=int, default=None)
+    kv.add_argument("--layers", type=int, default=None, help="transformer layers")
     _add_common(kv)
     kv.set_defaults(func=_cmd_kv_cache)
 
@@ -133,8 +133,9 @@ def register(subparsers) -> None:
         description="Attention-only roofline for prefill (L = S = seq) and one decode step "
         "(L = 1). Explicit flags override --model.",
     )
-    cost.add_argument("--heads", type=int, default=None)
+    cost.add_argument("--heads", type=int, default=None, help="query heads")
     _add_common(cost)
     cost.add_argument("--device", default="h100-sxm", help=f"device preset: {', '.join(DEVICES)}")
-    cost.add_argument("--no-causal", dest="no_causal", action="store_true")
+    cost.add_argument("--no-causal", dest="no_causal", action="store_true",
+                      help="full (bidirectional) attention: every query reads every key")
     cost.set_defaults(func=_cmd_cost)

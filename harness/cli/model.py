@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("ablate", help="all-MiniLM-L6-v2 head ablation and attention entropy "
                                              "with an implementation as the model's attention (needs the [model] extra)")
     p.add_argument("--impl", default="reference", metavar="SPEC", help="implementation (default: reference)")
-    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="the model's dtype (default float32)")
     p.add_argument("--top", type=int, default=12, help="rows of the ranking to print")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
     p.set_defaults(func=_cmd_ablate)
@@ -26,8 +26,8 @@ def register(subparsers) -> None:
                    help="integration(model, kernel) that wires the kernel into the transformers model: "
                         "path/to/file.py:fn or package.module:fn (default: harness, the correct wiring)")
     p.add_argument("--impl", default="sdpa", metavar="SPEC", help="kernel to wire in (default: sdpa)")
-    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="the model's dtype (default float32)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
     p.set_defaults(func=_cmd_integration)
 
 

@@ -170,10 +170,10 @@ def compare_reports(base: dict, new: dict, ratio_threshold: float = 1.5, slowdow
             (out["newly_failing"] if _enforced(n, strict) else out["newly_failing_not_enforced"]).append(item)
         elif bs in FAILING and ns == "pass":
             out["started_passing"].append({**row, "base_status": bs, "status": ns})
-        elif bs == "pass" and ns == "unsupported" and _enforced(n, strict):
+        elif bs == "pass" and ns in ("unsupported", "not_run") and _enforced(n, strict):
             out["lost_coverage"].append({**row, "base_status": bs, "status": ns,
-                                         "message": f"passed in {base_label}, unsupported in {new_label} (no longer "
-                                                    f"certified): " + _first_line(n.get("message"))})
+                                         "message": f"passed in {base_label}, {ns.replace('_', ' ')} in {new_label} (no "
+                                                    f"longer certified): " + _first_line(n.get("message"))})
         elif bs == "pass" and ns in ("unsupported", "skip"):
             out["newly_unsupported"].append({**row, "base_status": bs, "status": ns,
                                              "message": _first_line(n.get("message"))})

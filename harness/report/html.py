@@ -43,6 +43,7 @@ SECTIONS = [("Causes", "causes.html", causes),
             ("Throughput", "throughput.html", S.throughput),
             ("Attention maps and entropy", "diagnostics.html", S.diagnostics),
             ("Head ablation", "ablations.html", S.ablations),
+            ("Not run (the run stopped early)", "not_run.html", S.not_run),
             ("Unsupported (declared capabilities)", "unsupported.html", S.unsupported),
             ("Environment", "environment.html", S.environment)]
 

@@ -17,7 +17,7 @@ from harness.report import figures as F
 from harness.report import results as R
 
 STATUS_COLOURS = {"pass": "#c8ecc9", "fail": "#f6b3b3", "error": "#e88a8a", "unsupported": "#e4e4e4",
-                  "skip": "#f1f1f1", "none": "#ffffff",
+                  "skip": "#f1f1f1", "none": "#ffffff", "not_run": "#d6d6ef",  # never reached: the run stopped
                   # a failure of a tier this run does not enforce (strict without --strict, info):
                   # amber, so it never reads like a gate failure beside a PASS verdict
                   "reported": "#fbe3b0"}
@@ -429,6 +429,15 @@ def integrity(report: dict):
                         if t.get("ops") else None,
                         "unavailable": _s(t.get("unavailable") or "no aten operator seen (compiled or non-torch code)")}
                        for name, dtype, t in traces]}
+
+
+def not_run(report: dict):
+    rows = [[i.get("name"), "—", "stopped after the base case: " + str(i.get("diagnosis")), ""]
+            for i in impls(report) if i.get("diagnosis")]
+    rows += [[g["impl"], g["count"], g["reason"], ", ".join(g["properties"])] for g in R.not_run_groups(report)]
+    if not rows:
+        return None
+    return {"table": tbl(["implementation", "not run", "why", "properties"], rows)}
 
 
 def unsupported(report: dict):

@@ -19,7 +19,7 @@ def to_junit(report: dict) -> str:
         nfail = nerr = nskip = 0
         for (suite, prop), rs in groups.items():
             tc = ET.SubElement(ts, "testcase", classname=f"{impl['name']}.{suite}", name=prop,
-                               time=str(round(sum(r.get("duration_s", 0) for r in rs), 3)))
+                               time=str(round(sum(r.get("duration_s") or 0 for r in rs), 3)))
             worst = min(rs, key=lambda r: STATUS_ORDER.get(r["status"], 9))
             msg = "\n\n".join(f"[{r['dtype']}] {r['message']}" + numbers_line(r)
                               + (f"\nreproduce: {r['repro']}" if r.get("repro") else "")
@@ -34,7 +34,7 @@ def to_junit(report: dict) -> str:
             elif worst["status"] == "error" and is_enforced:
                 ET.SubElement(tc, "error", message=msg.splitlines()[0][:500] if msg else "error").text = msg
                 nerr += 1
-            elif worst["status"] in ("skip", "unsupported") or (worst["status"] in ("fail", "error") and not is_enforced):
+            elif worst["status"] in ("skip", "unsupported", "not_run") or (worst["status"] in ("fail", "error") and not is_enforced):
                 ET.SubElement(tc, "skipped", message=f"{worst['status']} ({worst['tier']}): {msg[:500]}")
                 nskip += 1
         ts.set("failures", str(nfail))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.report.certificates import markdown_lines as _md_certificates
-from harness.report.results import cause_lines, integrity_rows, matrix_rows, strict_notes
+from harness.report.results import cause_lines, integrity_rows, matrix_rows, not_run_groups, strict_notes
 from harness.tiers import enforced
 
 
@@ -104,6 +104,19 @@ def md_causes(report: dict) -> list:
     return out
 
 
+def _md_not_run(report: dict) -> list:
+    lines = []
+    for i in report.get("implementations") or []:
+        if i.get("diagnosis"):
+            lines.append(f"- **{_md_escape(i['name'])}** cannot run the base case, so it was stopped after it: "
+                         f"{_md_escape(i['diagnosis'])}")
+    for g in not_run_groups(report):
+        shown = ", ".join(g["properties"][:12]) + (f" and {len(g['properties']) - 12} more" if len(g["properties"]) > 12 else "")
+        lines.append(f"- **{_md_escape(g['impl'])}**: {g['count']} not run ({_md_escape(shown)}): {_md_escape(g['reason'])}")
+    return (["## Not run", "", "Selected but never reached: the run stopped early. Not a pass.", ""] + lines + [""]
+            if lines else [])
+
+
 def to_markdown(report: dict) -> str:
     from tabulate import tabulate
 
@@ -139,6 +152,7 @@ def to_markdown(report: dict) -> str:
     problems = [i for i in report["implementations"] if i.get("problem")]
     for i in problems:
         lines += [f"**{i['name']}**: {_md_escape(i['problem'])}", ""]
+    lines += _md_not_run(report)
     failures = [(i, r) for i in report["implementations"] for r in i["results"] if r["status"] in ("fail", "error")]
     if failures:
         lines += ["## Failures", ""]

@@ -22,7 +22,8 @@ from harness.defaults import BACKWARD_FACTOR, FORWARD_FACTOR
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
-Status = Literal["pass", "fail", "error", "skip", "unsupported"]
+# not_run: selected but never reached (the run stopped early; the message says why).
+Status = Literal["pass", "fail", "error", "skip", "unsupported", "not_run"]
 Verdict = Literal["pass", "fail", "unsupported"]
 Tier = Literal["gate", "strict", "info"]
 
@@ -112,6 +113,7 @@ class ImplementationReport:
     source: Optional[str] = None  # merged reports: the report file it came from
     causes: Optional[list[Cause]] = None  # the failures grouped by root cause, most telling first
     certificates: list[Certificate] = field(default_factory=list)  # the invariance tier (--certify)
+    diagnosis: Optional[str] = None  # why it was stopped after the base case (it cannot run it at all)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from typing import Optional
 from harness.tiers import enforced
 
 SCHEMA_VERSION = 1
-STATUS_ORDER = {"error": 0, "fail": 1, "unsupported": 2, "skip": 3, "pass": 4}
+STATUS_ORDER = {"error": 0, "fail": 1, "not_run": 2, "unsupported": 3, "skip": 4, "pass": 5}
 
 
 def atomic_write(path, text: str) -> None:
@@ -97,7 +97,8 @@ def cell(results: list) -> str:
         return "—"
     worst = min(results, key=lambda r: STATUS_ORDER.get(r["status"], 9))
     st = worst["status"]
-    label = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "unsupported": "unsupported", "skip": "skip"}[st]
+    label = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "unsupported": "unsupported", "skip": "skip",
+             "not_run": "not run"}.get(st, st)
     if st in ("fail", "error") and len(results) > 1:
         label += " " + ",".join(r["dtype"] for r in results if r["status"] == st)
     if worst["tier"] != "gate" and st in ("fail", "error"):
@@ -189,6 +190,24 @@ def cause_of(impl: dict, r: dict) -> Optional[dict]:
 
     k = key(r)
     return next((c for c in (impl.get("causes") or []) if isinstance(c, dict) and k in (c.get("results") or [])), None)
+
+
+def not_run_groups(report: dict) -> list:
+    """Per implementation and reason, the selected properties that never ran (the run stopped
+    early): {"impl", "reason", "count", "properties"}. Shared by report.md and report.html."""
+    out: dict = {}
+    for impl in report.get("implementations") or []:
+        for r in impl.get("results") or []:
+            if r.get("status") == "not_run":
+                reason = (r.get("message") or "").strip()
+                reason = reason[len("not run: "):] if reason.startswith("not run: ") else reason
+                g = out.setdefault((impl.get("name"), reason), {"impl": impl.get("name"), "reason": reason,
+                                                                "count": 0, "properties": []})
+                g["count"] += 1
+                name = f"{r.get('suite')}::{r.get('property')}"
+                if name not in g["properties"]:
+                    g["properties"].append(name)
+    return list(out.values())
 
 
 # --- JUnit -----------------------------------------------------------------------------------
