@@ -15,6 +15,7 @@ from typing import Optional
 
 import pytest
 
+from harness import outcomes
 from harness.defaults import BACKWARD_FACTOR, DEFAULT_SEED, FORWARD_FACTOR, HOST_DTYPES, PROFILES, SUITE_PLUGIN_NAME
 from harness.target import Target
 from harness.tiers import TIERS, enforced
@@ -245,51 +246,6 @@ def _suite(item) -> str:
     return base[5:-3] if base.startswith("test_") else base[:-3]
 
 
-def _unsatisfiable(excinfo) -> bool:
-    from hypothesis.errors import Unsatisfiable
-
-    return isinstance(excinfo.value, Unsatisfiable)
-
-
-def _exc_status(excinfo) -> str:
-    from harness.probes import ImplementationError
-
-    exc = excinfo.value
-    excs = list(getattr(exc, "exceptions", [exc]))
-    if any(isinstance(e, ImplementationError) for e in excs):
-        return "error"
-    if all(isinstance(e, AssertionError) for e in excs):
-        return "fail"
-    return "error"
-
-
-def _message(excinfo) -> str:
-    exc = excinfo.value
-    excs = list(getattr(exc, "exceptions", [exc]))
-    lines = []
-    from harness.probes import ImplementationError
-
-    for e in excs:
-        head = str(e).strip() or type(e).__name__
-        if not isinstance(e, (AssertionError, ImplementationError)):
-            head = f"{type(e).__name__}: {head}"  # an exception from the harness itself
-        lines.append(_trim(head))
-    return "\n".join(lines)
-
-
-MESSAGE_KEEP_LINES = 8
-
-
-def _trim(text: str, keep: int = MESSAGE_KEEP_LINES) -> str:
-    """A compiler error or a long traceback from a kernel belongs in the log (pytest prints it
-    there in full); the report keeps its first and last lines."""
-    lines = text.splitlines()
-    if len(lines) <= 2 * keep:
-        return text
-    return "\n".join(lines[:keep] + [f"... ({len(lines) - 2 * keep} more lines in the implementation's log) ..."]
-                     + lines[-keep:])
-
-
 def _repro(item, hc, spec, dtype, case, extras=None) -> str:
     cmd = ["attn-harness", "check", "--impl", spec, "--device", hc.device, "--dtype", dtype,
            "--suite", _suite(item), "--property", item.originalname, "--seed", str(hc.seed)]
@@ -327,7 +283,7 @@ def pytest_runtest_makereport(item, call):
     elif rep.skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         _store(item, hc, spec, dtype, tier, _skip_status(reason), _clean_skip(reason), t, rep)
-    elif _unsatisfiable(call.excinfo):
+    elif outcomes.unsatisfiable(call.excinfo):
         # Every drawn case was rejected, so nothing was checked: it could not be expressed inside
         # the declared capabilities, or the kernel raised NotImplementedError on each. Unsupported.
         why = _unsupported_cases()
@@ -342,8 +298,8 @@ def pytest_runtest_makereport(item, call):
         rep.outcome = "skipped"
         rep.longrepr = (str(item.fspath), 0, f"Skipped: unsupported: {msg}")
     else:
-        status = _exc_status(call.excinfo)
-        msg = _message(call.excinfo)
+        status = outcomes.exc_status(call.excinfo)
+        msg = outcomes.message(call.excinfo)
         _store(item, hc, spec, dtype, tier, status, msg, t, rep)
         if not enforced(tier, hc.strict):
             # Reported, never failing: shown by pytest as xfail with the tier as the reason.

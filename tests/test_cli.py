@@ -48,13 +48,20 @@ def test_list_shows_builtins_and_why_unavailable():
 
 
 @pytest.mark.slow  # a whole `attn-harness check` run
-def test_check_torch_sdpa_by_module_path_passes_and_writes_reports(tmp_path):
+def test_check_torch_sdpa_by_module_path_finds_the_scale_bug_and_writes_reports(tmp_path):
     r = run("check", "--impl", "torch.nn.functional:scaled_dot_product_attention", "--profile", "quick", "--dtype", "float32",
             "--report-dir", str(tmp_path), "--junit", str(tmp_path / "junit.xml"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    # torch's own function, undeclared, is held to the whole contract: its default CPU dispatch
+    # returns NaN rows for is_causal at scale <= 0 (the `sdpa` built-in declares that away, see
+    # tests/test_builtins.py), and that is the only thing the plain command finds.
+    assert r.returncode == 1, r.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert rep["schema_version"] == 1 and rep["implementations"][0]["verdict"] == "pass"
+    assert rep["schema_version"] == 1 and rep["implementations"][0]["verdict"] == "fail"
     res = rep["implementations"][0]["results"]
+    bad = [x for x in res if x["status"] in ("fail", "error") and x["tier"] == "gate"]
+    assert bad and all(x["counterexample"]["scale"] is not None and x["counterexample"]["scale"] <= 0
+                       and x["counterexample"]["mask"] == "is_causal" for x in bad), [x["message"][:200] for x in bad]
+    assert rep["implementations"][0]["causes"][0]["kind"] == "scale"
     assert {r_["suite"] for r_ in res} >= {"correctness", "causal", "padding", "isolation", "boundaries",
                                            "stability", "backward", "decode", "fingerprint", "strict", "normalization"}
     assert all(set(x) >= {"suite", "property", "tier", "status", "cases", "worst", "message", "repro"} for x in res)
@@ -122,10 +129,12 @@ def test_not_implemented_on_some_cases_skips_only_those(tmp_path):
     # are unsupported and counted; the property still runs (and passes) on the others.
     (tmp_path / "k.py").write_text(
         "import torch.nn.functional as F\n"
+        "from torch.nn.attention import SDPBackend, sdpa_kernel\n"
         "def attn(q, k, v, **kw):\n"
         "    if v.shape[-1] != q.shape[-1]:\n"
         "        raise NotImplementedError('Ev != E')\n"
-        "    return F.scaled_dot_product_attention(q, k, v, **kw)\n"
+        "    with sdpa_kernel(SDPBackend.MATH):  # the default CPU dispatch is wrong at scale <= 0\n"
+        "        return F.scaled_dot_product_attention(q, k, v, **kw)\n"
         "def never(q, k, v, **kw):\n"
         "    raise NotImplementedError('nothing yet')\n")
     r = run("check", "--impl", f"{tmp_path}/k.py:attn", "--impl", f"{tmp_path}/k.py:never", "--suite", "correctness",

@@ -670,7 +670,7 @@ def test_causes_lead_every_summary():
 
 
 def test_long_kernel_errors_keep_first_and_last_lines():
-    from harness.suite_plugin import _trim
+    from harness.outcomes import trim as _trim
 
     text = "\n".join(f"line {i}" for i in range(200))
     out = _trim(text).splitlines()
