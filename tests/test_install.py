@@ -51,9 +51,13 @@ def test_check_from_an_unrelated_directory(venv, tmp_path):
     venv, _ = venv
     work = tmp_path / "elsewhere"
     work.mkdir()
+    # torch's SDPA returns NaN for is_causal at scale <= 0 on CPU: a wrapper declares it, as the
+    # `sdpa` built-in does (the README's five-line example says so)
     (work / "my_attn.py").write_text(textwrap.dedent("""
         import torch.nn.functional as F
+        from harness import capabilities
 
+        @capabilities(nonpositive_scale=False)
         def attn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal,
                                                   scale=scale, enable_gqa=enable_gqa)
