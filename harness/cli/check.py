@@ -77,7 +77,12 @@ def cmd_list(args) -> int:
     rows = [(n, "yes" if ok else "no", why) for n, ok, why in builtins.available()]
     print(tabulate(rows, headers=["built-in", "available", "description / why not"]))
     print()
-    print("suites: " + ", ".join(s + ("" if s in default_suites() else " (opt-in)") for s in available_suites()))
+    from harness.runner import FLASH_SUITES
+
+    def mark(s):
+        return "" if s in default_suites() else " (flash_attn kernels)" if s in FLASH_SUITES else " (opt-in)"
+
+    print("suites: " + ", ".join(s + mark(s) for s in available_suites()))
     return EXIT_OK
 
 
