@@ -419,7 +419,8 @@ CHROMIUM = _chromium()
 
 
 # Run in the page after it loaded: the computed background of every matrix cell, and for every
-# in-page link of the matrix, where clicking it lands (the :target element).
+# in-page link (the matrix's, and the causes' links to the failures they explain), where clicking
+# it lands (the :target element).
 _PROBE = """<script>
 (function () {
   var out = {cells: {}, links: []};
@@ -428,7 +429,7 @@ _PROBE = """<script>
     var tds = Array.prototype.slice.call(tr.querySelectorAll('td'));
     out.cells[tds[0].textContent] = tds.slice(2).map(function (td) { return getComputedStyle(td).backgroundColor; });
   });
-  matrix.querySelectorAll('a[href^="#"]').forEach(function (a) {
+  document.querySelectorAll('a[href^="#"]').forEach(function (a) {  // the matrix's and the causes' links
     a.click();
     var t = document.querySelector(':target');
     out.links.push({href: a.getAttribute('href').slice(1), target: t ? t.id : null, tag: t ? t.tagName : null});
