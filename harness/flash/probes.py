@@ -225,8 +225,7 @@ def effective_weights(kernel, inp: FlashInputs) -> torch.Tensor:
     c = inp.case
     name = value_name(kernel)
     v0 = inp.tensors[name]
-    lead = v0.shape[:-2] if kernel.mode == "kvcache" else v0.shape[:-2]
-    flat = int(torch.tensor(lead).prod()) if len(lead) else 1
+    flat = v0.shape[:-2].numel()  # every physical value slot: rows of k/v, or (block, slot) of the cache
     cols = []
     for s0 in range(0, flat, c.E):
         n = min(c.E, flat - s0)
